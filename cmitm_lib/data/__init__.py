@@ -1,0 +1,100 @@
+"""Datasets by name: the embedded SynthCXR and the real chest X-ray collections.
+
+`load_pretrain(name, root, preset)` gives image-report pairs (train + held-out, for retrieval);
+`load_finetune(name, root, preset)` gives labelled train / val / test splits.
+"""
+from __future__ import annotations
+
+import hashlib
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Preset, check_choice
+from ..paths import cache_dir, resolve
+from .datasets import FinetuneData, LabelData, PairData
+
+PRETRAIN_DATASETS = ("synth", "mimic", "openi")
+FINETUNE_DATASETS = ("synth", "nih", "chexpert", "rsna", "covidx")
+
+
+def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
+    """SynthCXR cases, cached on disk (keyed by the generator's source, so edits invalidate it)."""
+    from . import synth
+
+    version = hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:10]
+    path = cache_dir() / f"synth_{domain}_{seed}_{start}_{n}_{size}_{version}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return z["images"], z["labels"], list(z["reports"]), list(z["patient_ids"])
+    b = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=b.images, labels=b.labels, reports=np.array(b.reports), patient_ids=np.array(b.patient_ids))
+    tmp.replace(path)
+    return b.images, b.labels, b.reports, b.patient_ids
+
+
+def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0) -> tuple[PairData, PairData]:
+    """(train pairs, held-out pairs)."""
+    check_choice("dataset", name, PRETRAIN_DATASETS)
+    d = preset.data
+    if name == "synth":
+        imgs, _, reports, pids = _synth_batch(d.n_pretrain, seed, d.synth_size, "pretrain", 0)
+        h_imgs, _, h_reports, h_pids = _synth_batch(d.n_heldout, seed, d.synth_size, "pretrain", d.n_pretrain)
+        return PairData(imgs, reports, pids), PairData(h_imgs, h_reports, h_pids)
+    return _real_pairs(name, root, seed)
+
+
+def load_finetune(name: str, root: str, preset: Preset, seed: int = 0) -> FinetuneData:
+    check_choice("dataset", name, FINETUNE_DATASETS)
+    d = preset.data
+    if name == "synth":
+        from .synth import FINDINGS
+
+        parts, start = [], 0
+        for n in d.n_finetune:  # downstream domain: shifted acquisition
+            imgs, labels, _, _ = _synth_batch(n, seed, d.synth_size, "downstream", start)
+            parts.append(LabelData(imgs, labels))
+            start += n
+        return FinetuneData("synth", list(FINDINGS), "multilabel", "auc", *parts)
+    return _real_labels(name, root, seed)
+
+
+def _heldout(patient_id: str, fraction: float = 0.05) -> bool:
+    """Deterministic patient-level held-out split (stable across runs and machines)."""
+    return zlib.crc32(patient_id.encode()) % 1000 < fraction * 1000
+
+
+def _real_pairs(name: str, root: str, seed: int) -> tuple[PairData, PairData]:
+    from .real import PAIR_DATASETS
+
+    if not root:
+        raise ValueError(f"dataset={name!r} needs data_root=<folder with the official files>; see data/README.md")
+    pairs, skipped = PAIR_DATASETS[name](str(resolve(root)), seed=seed)
+    if skipped:
+        print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
+    split = [_heldout(p.patient_id) for p in pairs]
+    train = [p for p, h in zip(pairs, split) if not h]
+    held = [p for p, h in zip(pairs, split) if h]
+
+    def to_data(ps):
+        return PairData([p.image for p in ps], [p.report for p in ps], [p.patient_id for p in ps])
+
+    return to_data(train), to_data(held)
+
+
+def _real_labels(name: str, root: str, seed: int) -> FinetuneData:
+    from .real import LABEL_DATASETS
+
+    if not root:
+        raise ValueError(f"dataset={name!r} needs data_root=<folder with the official files>; see data/README.md")
+    s = LABEL_DATASETS[name](str(resolve(root)), seed=seed)
+    if s.skipped:
+        print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in s.skipped.items()))
+
+    def to_data(records):
+        return LabelData([r.image for r in records], np.array([r.labels for r in records], dtype=np.float32))
+
+    return FinetuneData(s.name, s.classes, s.task, s.metric, to_data(s.train), to_data(s.val), to_data(s.test))

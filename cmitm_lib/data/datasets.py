@@ -1,0 +1,136 @@
+"""From records to tensors: the paired 1x/2x views, report tokens with whole-word masking, labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from ..config import DataConfig, ModelConfig
+from ..text import encode, mask_words, word_token_table
+
+Images = Union[np.ndarray, Sequence[str]]  # uint8 (N, H, W) in memory, or image file paths
+
+
+@dataclass
+class PairData:
+    """Image-report pairs for pre-training."""
+
+    images: Images
+    reports: list[str]
+    patient_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+
+@dataclass
+class LabelData:
+    """Images with a label matrix (N, K): 0/1 per class (multi-label) or one-hot (multi-class)."""
+
+    images: Images
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class FinetuneData:
+    name: str
+    classes: list[str]
+    task: str  # "multilabel" | "multiclass"
+    metric: str  # "auc" | "acc"
+    train: LabelData
+    val: LabelData
+    test: LabelData
+
+
+def get_image(images: Images, i: int, cache_dir: str | None = None) -> torch.Tensor:
+    """(1, H, W) float in [0, 1]."""
+    if isinstance(images, np.ndarray):
+        return torch.from_numpy(images[i]).float().div_(255).unsqueeze(0)
+    from .images import load_image
+
+    return torch.from_numpy(load_image(images[i], cache_dir=cache_dir)).unsqueeze(0)
+
+
+def paired_views(img: torch.Tensor, dcfg: DataConfig, lo: int, train: bool = True):
+    """The same random crop at two resolutions: (lo x lo input, hi x hi reconstruction target).
+
+    The 2x target is the crop resized to ``hi_size``; the input is that view resized to ``lo``.
+    Both are normalised with the dataset mean/std.
+    """
+    hi = dcfg.hi_size
+    if train:
+        i, j, h, w = v2.RandomResizedCrop.get_params(img, scale=list(dcfg.crop_scale), ratio=[3 / 4, 4 / 3])
+        hi_img = TF.resized_crop(img, i, j, h, w, [hi, hi], antialias=True)
+        if dcfg.hflip > 0 and torch.rand(()) < dcfg.hflip:
+            hi_img = TF.horizontal_flip(hi_img)
+    else:
+        hi_img = TF.resize(img, [hi, hi], antialias=True)
+    lo_img = TF.resize(hi_img, [lo, lo], antialias=True)
+    return (lo_img - dcfg.mean) / dcfg.std, (hi_img - dcfg.mean) / dcfg.std
+
+
+def classifier_view(img: torch.Tensor, dcfg: DataConfig, lo: int, crop_scale, train: bool) -> torch.Tensor:
+    """Fine-tuning input: random resized crop (train) or plain resize (eval) to lo x lo, normalised."""
+    if train:
+        i, j, h, w = v2.RandomResizedCrop.get_params(img, scale=list(crop_scale), ratio=[3 / 4, 4 / 3])
+        img = TF.resized_crop(img, i, j, h, w, [lo, lo], antialias=True)
+    else:
+        img = TF.resize(img, [lo, lo], antialias=True)
+    return (img - dcfg.mean) / dcfg.std
+
+
+class PairDataset(Dataset):
+    def __init__(self, data: PairData, dcfg: DataConfig, mcfg: ModelConfig, train: bool = True,
+                 cache_dir: str | None = None):
+        self.data, self.dcfg, self.lo, self.train, self.cache_dir = data, dcfg, mcfg.img_size, train, cache_dir
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        img = get_image(self.data.images, i, self.cache_dir)
+        lo, hi = paired_views(img, self.dcfg, self.lo, self.train)
+        return {"image": lo, "target": hi, "report": self.data.reports[i], "index": i}
+
+
+class LabelDataset(Dataset):
+    def __init__(self, data: LabelData, dcfg: DataConfig, mcfg: ModelConfig, crop_scale=(0.8, 1.0),
+                 train: bool = True, cache_dir: str | None = None):
+        self.data, self.dcfg, self.lo = data, dcfg, mcfg.img_size
+        self.crop_scale, self.train, self.cache_dir = crop_scale, train, cache_dir
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        img = get_image(self.data.images, i, self.cache_dir)
+        x = classifier_view(img, self.dcfg, self.lo, self.crop_scale, self.train)
+        return x, torch.as_tensor(self.data.labels[i], dtype=torch.float32)
+
+
+class PairCollate:
+    """Stacks the views and tokenises the reports: full ids for E_t, masked ids + MLM labels for D_t."""
+
+    def __init__(self, tokenizer, max_len: int, text_mask_ratio: float):
+        self.tokenizer, self.max_len, self.ratio = tokenizer, max_len, text_mask_ratio
+        self.mask_id = tokenizer.token_to_id("[MASK]")
+        self.is_word_token = word_token_table(tokenizer)
+
+    def __call__(self, items: list[dict]) -> dict:
+        enc = encode(self.tokenizer, [it["report"] for it in items], self.max_len)
+        masked_ids, mlm_labels = mask_words(enc, self.ratio, self.mask_id, self.is_word_token)
+        return {
+            "image": torch.stack([it["image"] for it in items]),
+            "target": torch.stack([it["target"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+            "input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
+            "masked_ids": masked_ids, "mlm_labels": mlm_labels,
+        }

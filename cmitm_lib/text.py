@@ -1,0 +1,92 @@
+"""Report text: a WordPiece tokenizer trained on the report corpus, and whole-word masking.
+
+The tokenizer is a `tokenizers.Tokenizer` (BERT normaliser and pre-tokeniser, ``[CLS] ... [SEP]``);
+it is saved as ``tokenizer.json`` next to the model weights so a checkpoint is self-contained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """WordPiece vocabulary learned from the reports (as MRM does), lower-cased, BERT-style."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=SPECIAL_TOKENS)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
+    tok.save(str(path))
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} not found; a checkpoint folder holds "
+                                "model.safetensors, config.json and tokenizer.json")
+    return Tokenizer.from_file(str(path))
+
+
+@dataclass
+class EncodedReports:
+    input_ids: torch.Tensor  # (B, L) long
+    attention_mask: torch.Tensor  # (B, L) long
+    word_ids: list[list[int | None]]  # per token: index of its word, None for special/pad tokens
+
+
+def encode(tok: Tokenizer, texts: list[str], max_len: int) -> EncodedReports:
+    """Tokenise, truncate and pad to ``max_len``."""
+    tok.enable_truncation(max_len)
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]", length=max_len)
+    encs = tok.encode_batch(texts)
+    return EncodedReports(
+        input_ids=torch.tensor([e.ids for e in encs], dtype=torch.long),
+        attention_mask=torch.tensor([e.attention_mask for e in encs], dtype=torch.long),
+        word_ids=[e.word_ids for e in encs],
+    )
+
+
+def word_token_table(tok: Tokenizer) -> torch.Tensor:
+    """(V,) bool: True for tokens that hold a letter or digit. Words made only of punctuation are
+    never masked (predicting a full stop teaches nothing about the image)."""
+    vocab = tok.get_vocab()
+    table = torch.zeros(len(vocab), dtype=torch.bool)
+    for token, idx in vocab.items():
+        table[idx] = token not in SPECIAL_TOKENS and any(ch.isalnum() for ch in token)
+    return table
+
+
+def mask_words(enc: EncodedReports, ratio: float, mask_id: int, is_word_token: torch.Tensor,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-word masking: round(ratio * n_words) words per report (at least one) have every token
+    replaced by [MASK]. [CLS], [SEP], [PAD] and punctuation are never masked.
+
+    Returns (masked_ids, labels) with labels = original id at masked positions and -100 elsewhere.
+    """
+    masked = enc.input_ids.clone()
+    labels = torch.full_like(enc.input_ids, -100)
+    for i, word_ids in enumerate(enc.word_ids):
+        ids = enc.input_ids[i]
+        words = sorted({w for t, w in enumerate(word_ids) if w is not None and is_word_token[ids[t]]})
+        if not words:
+            continue
+        n_mask = max(1, int(round(ratio * len(words))))
+        pick = torch.randperm(len(words), generator=generator)[:n_mask]
+        chosen = {words[j] for j in pick.tolist()}
+        positions = torch.tensor([t for t, w in enumerate(word_ids) if w in chosen], dtype=torch.long)
+        labels[i, positions] = ids[positions]
+        masked[i, positions] = mask_id
+    return masked, labels

@@ -1,0 +1,257 @@
+"""Training loops: pre-training (stage 1, stage 2, or joint) and fine-tuning.
+
+One process on a CPU or one GPU. AdamW with linear warmup then per-step cosine decay to 0 (MRM),
+no weight decay on 1-D parameters, bf16 autocast on CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
+
+from .config import Preset, check_choice, check_fraction, check_positive, check_positive_int, check_ratio
+from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset
+from .evaluate import recall_at_k, score, similarity
+from .models import CMITM, build_classifier, set_trainable
+
+STAGES = ("stage1", "stage2", "joint")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ValueError(f"device={device!r} is not valid; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but no CUDA device is available; use device='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float, betas=(0.9, 0.95)):
+    """AdamW (or SGD momentum 0.9) over the trainable parameters; no weight decay on biases, norms,
+    tokens and other 1-D parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or p.shape[:2] == (1, 1) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    fused = all(p.is_cuda for p in decay + no_decay) or None
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warmup to the peak lr, then half-cosine to 0, stepped every iteration."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_model(preset: Preset, tokenizer) -> CMITM:
+    """A fresh CMITM for the preset, its text vocabulary sized to the tokenizer."""
+    preset.model.vocab_size = tokenizer.get_vocab_size()
+    return CMITM(preset.model)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str, *, epochs: int | None = None,
+             batch_size: int | None = None, lr: float | None = None, mask_ratio: float | None = None,
+             device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True) -> list[dict]:
+    """Train ``model`` in place with the objective of ``stage``; returns one dict of means per epoch.
+
+    stage1: L_r = L_vr + L_tr (E_v, D_v, E_t, D_t train); stage2: L_c (E_v, E_t, D_r, h_v, h_t train;
+    D_v and D_t are frozen); joint: L_r + L_c at once (the paper's "- cascaded training" ablation).
+    Arguments left as None take the preset's value for the stage.
+    """
+    check_choice("stage", stage, STAGES)
+    cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)
+    cfg.epochs = cfg.epochs if epochs is None else epochs
+    cfg.batch_size = cfg.batch_size if batch_size is None else batch_size
+    cfg.lr = cfg.lr if lr is None else lr
+    cfg.mask_ratio = cfg.mask_ratio if mask_ratio is None else mask_ratio
+    check_positive_int("epochs", cfg.epochs)
+    check_positive_int("batch_size", cfg.batch_size)
+    check_positive("lr", cfg.lr)
+    check_ratio("mask_ratio", cfg.mask_ratio, allow_zero=(stage != "stage1"))
+    if len(data) < cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training pairs")
+    dev = resolve_device(device)
+    seed_everything(seed)
+    loader = DataLoader(PairDataset(data, preset.data, preset.model), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=True, num_workers=num_workers, pin_memory=dev.type == "cuda",
+                        collate_fn=PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio),
+                        persistent_workers=num_workers > 0)
+    model.to(dev).train()
+    set_trainable(model, stage)
+    opt = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, cfg.betas)
+    total = cfg.epochs * len(loader)
+    sched = warmup_cosine(opt, total, int(cfg.warmup * total))
+    history = []
+    bar = tqdm(total=total, desc=f"{stage}", disable=not progress)
+    for epoch in range(cfg.epochs):
+        sums, n, t0 = {}, 0, time.perf_counter()
+        for batch in loader:
+            batch = _to(batch, dev)
+            with autocast(dev):
+                out = model(batch, stage, cfg.mask_ratio, cfg.temperature)
+            if not torch.isfinite(out["loss"]):
+                raise FloatingPointError(f"{stage} loss became {out['loss'].item()} at epoch {epoch + 1}; "
+                                         f"lower lr (now {cfg.lr}) or check the data")
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            sched.step()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            n += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss'].item():.3f}")
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
+                        "lr": sched.get_last_lr()[0], "seconds": seconds,
+                        "samples_per_s": n * cfg.batch_size / seconds})
+    bar.close()
+    return history
+
+
+@torch.no_grad()
+def embed_pairs(model: CMITM, tokenizer, data: PairData, preset: Preset, device: str = "auto",
+                batch_size: int = 128, mask_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_img, z_txt) for every pair, unmasked images by default, model in eval mode."""
+    dev = resolve_device(device)
+    loader = DataLoader(PairDataset(data, preset.data, preset.model, train=False), batch_size=batch_size,
+                        collate_fn=PairCollate(tokenizer, preset.model.max_len, 0.5))
+    model.to(dev).eval()
+    zi, zt = [], []
+    for batch in loader:
+        batch = _to(batch, dev)
+        with autocast(dev):
+            latent, _, ids_restore = model.encode_image(batch["image"], mask_ratio)
+            zi.append(model.image_embedding(latent, ids_restore).float().cpu())
+            zt.append(model.text_embedding(batch["input_ids"], batch["attention_mask"]).float().cpu())
+    return torch.cat(zi), torch.cat(zt)
+
+
+def retrieval(model: CMITM, tokenizer, data: PairData, preset: Preset, device: str = "auto") -> dict:
+    """Recall@1/5/10 both ways on ``data`` (identical report texts count as matches)."""
+    z_img, z_txt = embed_pairs(model, tokenizer, data, preset, device)
+    return recall_at_k(similarity(z_img, z_txt), reports=data.reports)
+
+
+def fraction_indices(n: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """Nested label fractions: one seeded permutation, the first ceil(fraction * n) (at least 1)."""
+    check_fraction("fraction", fraction)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: max(1, math.ceil(fraction * n - 1e-9))])
+
+
+@torch.no_grad()
+def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str) -> tuple[np.ndarray, np.ndarray]:
+    net.eval()
+    labels, scores = [], []
+    for x, y in loader:
+        with autocast(dev):
+            logits = net(x.to(dev)).float()
+        scores.append((torch.sigmoid(logits) if task == "multilabel" else logits.softmax(-1)).cpu())
+        labels.append(y)
+    return torch.cat(labels).numpy(), torch.cat(scores).numpy()
+
+
+def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = None, fraction: float = 0.01, *,
+             epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+             device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True) -> dict:
+    """Fine-tune E_v + linear head on a fraction of the training labels; every weight is trained.
+
+    The model with the best validation metric is kept and scored once on the test split.
+    BCE for multi-label (macro AUC), cross entropy for multi-class (accuracy).
+    """
+    cfg = copy.deepcopy(preset.finetune)
+    epochs = cfg.epochs if epochs is None else epochs
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    lr = cfg.lr_for(fraction) if lr is None else lr
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_positive("lr", lr)
+    dev = resolve_device(device)
+    seed_everything(seed)
+    idx = fraction_indices(len(data.train), fraction, seed)
+    train_data = type(data.train)(_take(data.train.images, idx), data.train.labels[idx])
+    train_set = LabelDataset(train_data, preset.data, preset.model, cfg.crop_scale, train=True)
+    # An epoch draws at least 256 images so that 1% of labels still gets enough steps per epoch.
+    per_epoch = max(len(train_set), 256)
+    sampler = RandomSampler(train_set, replacement=len(train_set) < per_epoch, num_samples=per_epoch)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False,
+                              num_workers=num_workers)
+    eval_loaders = {s: DataLoader(LabelDataset(getattr(data, s), preset.data, preset.model, train=False),
+                                  batch_size=256, num_workers=num_workers) for s in ("val", "test")}
+    net = build_classifier(preset.model, len(data.classes), encoder_state).to(dev)
+    opt = build_optimizer(net, cfg.optimizer, lr, cfg.weight_decay)
+    total = epochs * len(train_loader)
+    sched = warmup_cosine(opt, total, int(cfg.warmup * total))
+    best = {"val": -1.0, "epoch": 0, "state": None}
+    history = []
+    for epoch in tqdm(range(epochs), desc=f"finetune {fraction:g}", disable=not progress):
+        net.train()
+        losses = []
+        for x, y in train_loader:
+            x, y = x.to(dev), y.to(dev)
+            with autocast(dev):
+                logits = net(x).float()
+            loss = (F.binary_cross_entropy_with_logits(logits, y) if data.task == "multilabel"
+                    else F.cross_entropy(logits, y.argmax(1)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val = score(data.metric, *predict(net, eval_loaders["val"], dev, data.task))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"val_{data.metric}": val})
+        if val > best["val"]:
+            best = {"val": val, "epoch": epoch + 1, "state": copy.deepcopy(net.state_dict())}
+    net.load_state_dict(best["state"])
+    test = score(data.metric, *predict(net, eval_loaders["test"], dev, data.task))
+    return {"dataset": data.name, "metric": data.metric, "fraction": fraction, "n_train": len(idx),
+            "init": "pretrained" if encoder_state is not None else "random", "best_epoch": best["epoch"],
+            f"val_{data.metric}": best["val"], f"test_{data.metric}": test, "lr": lr, "epochs": epochs,
+            "history": history}
+
+
+def _take(images, idx: np.ndarray):
+    return images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
+
+
+def encoder_state(model: CMITM) -> dict:
+    """E_v's weights, as the fine-tuning classifier loads them."""
+    return {k: v.detach().clone() for k, v in model.image_encoder.state_dict().items()}

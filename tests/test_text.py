@@ -1,0 +1,47 @@
+import torch
+
+from cmitm_lib.text import encode, load_tokenizer, mask_words, save_tokenizer, train_tokenizer, word_token_table
+
+REPORTS = ["FINDINGS: Small left pleural effusion. No pneumothorax. IMPRESSION: Left effusion.",
+           "FINDINGS: The lungs are clear. Heart size is normal. IMPRESSION: No acute disease.",
+           "FINDINGS: Consolidation in the right lower lobe, possibly pneumonia. IMPRESSION: Pneumonia."] * 5
+
+
+def test_tokenizer_adds_cls_sep_and_pads(tmp_path):
+    tok = train_tokenizer(REPORTS, vocab_size=120, min_frequency=1)
+    enc = encode(tok, REPORTS[:2], max_len=32)
+    assert enc.input_ids.shape == (2, 32)
+    assert enc.input_ids[0, 0] == tok.token_to_id("[CLS]")
+    n = int(enc.attention_mask[0].sum())
+    assert enc.input_ids[0, n - 1] == tok.token_to_id("[SEP]")
+    assert torch.all(enc.input_ids[0, n:] == tok.token_to_id("[PAD]"))
+    save_tokenizer(tok, tmp_path / "tokenizer.json")
+    again = load_tokenizer(tmp_path / "tokenizer.json")
+    assert torch.equal(encode(again, REPORTS[:2], 32).input_ids, enc.input_ids)
+
+
+def test_whole_word_masking_half_the_words_never_specials():
+    tok = train_tokenizer(REPORTS, vocab_size=60, min_frequency=1)  # small vocab: words split into pieces
+    enc = encode(tok, REPORTS[:3], max_len=48)
+    table = word_token_table(tok)
+    mask_id = tok.token_to_id("[MASK]")
+    masked, labels = mask_words(enc, 0.5, mask_id, table, torch.Generator().manual_seed(0))
+    specials = {tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+    for i, word_ids in enumerate(enc.word_ids):
+        ids = enc.input_ids[i]
+        is_masked = labels[i] != -100
+        assert not any(int(ids[t]) in specials for t in torch.nonzero(is_masked).flatten())
+        assert torch.all(masked[i][is_masked] == mask_id)
+        assert torch.equal(masked[i][~is_masked], ids[~is_masked])
+        assert torch.equal(labels[i][is_masked], ids[is_masked])
+        # whole words: every token of a chosen word is masked
+        words = {}
+        for t, w in enumerate(word_ids):
+            if w is not None:
+                words.setdefault(w, []).append(bool(is_masked[t]))
+        assert all(all(v) or not any(v) for v in words.values())
+        candidates = [w for w, toks in words.items()
+                      if any(table[ids[t]] for t, ww in enumerate(word_ids) if ww == w)]
+        n_masked = sum(all(words[w]) for w in candidates)
+        assert n_masked == max(1, round(0.5 * len(candidates)))
+        assert not any(all(v) for w, v in words.items() if w not in candidates)  # punctuation never
