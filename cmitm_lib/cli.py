@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -98,22 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="default: the preset's")
     p.add_argument("--out-dir", default="runs/demo", help="relative paths are taken from the repo root")
     p.set_defaults(func=demo)
-    pd = sub.add_parser("data", help="dataset tools")
-    dsub = pd.add_subparsers(dest="data_command", required=True)
-    ps = dsub.add_parser("summary", help="split sizes, classes, positives, skipped items", add_help=False)
-    ps.set_defaults(func=lambda a: _data_summary(a.rest))
+    pd = sub.add_parser("data", help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
+    pd.add_argument("data_command", choices=("summary", "cache"))
     args, rest = parser.parse_known_args(argv)
-    if getattr(args, "command", None) == "data":
-        args.rest = rest
-    elif rest:
+    if args.command == "data":  # the data tools parse their own flags
+        from .data import cache, summary
+
+        sys.exit((summary if args.data_command == "summary" else cache).main(rest))
+    if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.func(args)
-
-
-def _data_summary(rest: list[str]) -> None:
-    from .data.summary import main as summary_main
-
-    summary_main(rest)
 
 
 if __name__ == "__main__":

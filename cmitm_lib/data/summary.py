@@ -1,0 +1,98 @@
+"""`cmitm data summary`: what a dataset folder holds, read from its label files alone.
+
+    python -m cmitm_lib.data.summary --dataset nih --root /data/nih [--json]
+
+Images are not required: the readers run with ``check_images=False`` and the images missing on
+disk are reported as a count (``missing_images``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import warnings
+
+from cmitm_lib.data.real import DATASET_INFO, DATASET_NAMES, LABEL_DATASETS, DatasetLayoutError, get_reader
+
+
+def _count(records, classes) -> dict:
+    positives = [sum(r.labels[i] > 0.5 for r in records) for i in range(len(classes))]
+    return {"images": len(records), "patients": len({r.patient_id for r in records}),
+            "positives": dict(zip(classes, map(int, positives)))}
+
+
+def summarize(dataset: str, root, **options) -> dict:
+    """Counts of a dataset folder: per split images / patients / positives per class for fine-tuning
+    sets; pairs / patients / studies / report length for pre-training sets. `options` go to the reader."""
+    reader = get_reader(dataset)
+    with warnings.catch_warnings():  # the missing images are reported below as a count
+        warnings.simplefilter("ignore", UserWarning)
+        result = reader(root, check_images=False, **options)
+    if dataset in LABEL_DATASETS:
+        splits = {"train": result.train, "val": result.val, "test": result.test}
+        return {
+            "dataset": dataset, "title": DATASET_INFO[dataset]["title"], "kind": "labels", "root": str(root),
+            "task": result.task, "metric": result.metric, "classes": result.classes,
+            "splits": {name: _count(records, result.classes) for name, records in splits.items()},
+            "total": _count(result.train + result.val + result.test, result.classes),
+            "missing_images": result.skipped.get("image missing (kept)", 0),
+            "skipped": result.skipped,
+        }
+    pairs, skipped = result
+    words = [len(p.report.split()) for p in pairs] or [0]
+    return {
+        "dataset": dataset, "title": DATASET_INFO[dataset]["title"], "kind": "pairs", "root": str(root),
+        "pairs": len(pairs), "patients": len({p.patient_id for p in pairs}),
+        "studies": len({(p.patient_id, p.study_id) for p in pairs}),
+        "report_words": {"mean": round(statistics.fmean(words), 1), "median": statistics.median(words),
+                         "max": max(words)},
+        "missing_images": skipped.get("image missing (kept)", 0),
+        "skipped": skipped,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """A short human-readable table of a `summarize` result."""
+    lines = [f"{summary['title']} ({summary['dataset']}) at {summary['root']}"]
+    if summary["kind"] == "labels":
+        lines.append(f"task: {summary['task']}, metric: {summary['metric']}, {len(summary['classes'])} classes")
+        names = ["train", "val", "test", "total"]
+        counts = {**summary["splits"], "total": summary["total"]}
+        width = max(len(c) for c in summary["classes"]) + 2
+        lines.append(f"{'':{width}}" + "".join(f"{n:>10}" for n in names))
+        for key in ("images", "patients"):
+            lines.append(f"{key:{width}}" + "".join(f"{counts[n][key]:>10}" for n in names))
+        for c in summary["classes"]:
+            lines.append(f"{c:{width}}" + "".join(f"{counts[n]['positives'][c]:>10}" for n in names))
+    else:
+        words = summary["report_words"]
+        lines.append(f"pairs: {summary['pairs']}, patients: {summary['patients']}, studies: {summary['studies']}")
+        lines.append(f"report words: mean {words['mean']}, median {words['median']}, max {words['max']}")
+    lines.append(f"images missing on disk: {summary['missing_images']}")
+    for reason, n in summary["skipped"].items():
+        if reason != "image missing (kept)":  # already shown as images missing on disk
+            lines.append(f"skipped: {reason}: {n}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `cmitm data summary`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="cmitm data summary", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--root", required=True, help="folder holding the official files")
+    parser.add_argument("--reports-root", help="mimic only: folder of the extracted mimic-cxr-reports.zip")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    options = {"reports_root": args.reports_root} if args.reports_root else {}
+    try:
+        summary = summarize(args.dataset, args.root, **options)
+    except DatasetLayoutError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
