@@ -115,7 +115,7 @@ def _tiny() -> Preset:
         name="tiny",
         model=ModelConfig(
             img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3,
-            dec_dim=128, dec_depth=2, dec_heads=4, rep_dim=192, rep_depth=2, rep_heads=3,
+            dec_dim=128, dec_depth=2, dec_heads=4, rep_dim=128, rep_depth=2, rep_heads=4,
             proj_hidden=512, proj_dim=64,
             vocab_size=1000, text_hidden=128, text_layers=2, text_heads=2, text_intermediate=512, max_len=64,
         ),

@@ -271,6 +271,22 @@ def set_trainable(model: CMITM, stage: str) -> list[str]:
     return names
 
 
+@torch.no_grad()
+def copy_decoder_embedding(model: CMITM) -> bool:
+    """Give D_r the token embedding and mask token that stage 1 trained in D_v.
+
+    In the CMITM code D_r reads D_v's embedded tokens (shared ``decoder_embed`` and ``mask_token``),
+    so stage 2 starts from an input embedding trained by reconstruction. Here the two decoders own
+    separate copies (so stage 2 leaves D_v untouched) and stage 1 ends by copying. Returns False
+    when the widths differ (then D_r keeps its own initialisation).
+    """
+    if model.cfg.rep_dim != model.cfg.dec_dim:
+        return False
+    model.rep_decoder.embed.load_state_dict(model.image_decoder.embed.state_dict())
+    model.rep_decoder.mask_token.copy_(model.image_decoder.mask_token)
+    return True
+
+
 def build_classifier(cfg: ModelConfig, num_classes: int, encoder_state: dict | None = None) -> VisionTransformer:
     """The fine-tuning network: E_v (pre-trained weights when given) + a linear head on mean-pooled tokens."""
     vit = build_vit(cfg, num_classes=num_classes)

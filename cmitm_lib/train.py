@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .config import Preset, check_choice, check_fraction, check_positive, check_positive_int, check_ratio
 from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset
 from .evaluate import recall_at_k, score, similarity
-from .models import CMITM, build_classifier, set_trainable
+from .models import CMITM, build_classifier, copy_decoder_embedding, set_trainable
 
 STAGES = ("stage1", "stage2", "joint")
 
@@ -142,6 +142,8 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
                         "lr": sched.get_last_lr()[0], "seconds": seconds,
                         "samples_per_s": n * cfg.batch_size / seconds})
     bar.close()
+    if stage == "stage1":
+        copy_decoder_embedding(model)
     return history
 
 

@@ -66,7 +66,13 @@ def test_stage1_trains_reconstruction_modules_only(micro_preset, micro_pairs, mi
     after = model.state_dict()
     changed = {name for name in MODULES
                if any(not torch.equal(before[k], after[k]) for k in after if k.startswith(name + "."))}
-    assert changed == {"image_encoder", "image_decoder", "text_encoder", "text_decoder", "image_to_text"}
+    assert changed == {"image_encoder", "image_decoder", "text_encoder", "text_decoder", "image_to_text",
+                       "rep_decoder"}
+    # D_r changed only by receiving D_v's trained token embedding and mask token (CMITM code shares them)
+    for k, v in after.items():
+        if k.startswith("rep_decoder.") and not torch.equal(before[k], v):
+            assert k.split(".", 1)[1] in {"embed.weight", "embed.bias", "mask_token"}
+            assert torch.equal(v, after["image_decoder." + k.split(".", 1)[1]])
 
 
 def test_finetune_model_holds_exactly_the_encoder_weights(micro_preset, micro_tokenizer):
