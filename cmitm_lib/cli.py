@@ -16,7 +16,7 @@ from .paths import resolve
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="tiny (CPU, minutes) or paper (ViT-B/16 + BERT)")
-    p.add_argument("--dataset", default="synth", help="pre-training data: synth, mimic, openi")
+    p.add_argument("--dataset", default="synth", help="synth (embedded) or a real dataset name, see data/README.md")
     p.add_argument("--data-root", default="", help="folder with the dataset's official files (not for synth)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
@@ -68,21 +68,68 @@ def demo(args: argparse.Namespace) -> dict:
     return result
 
 
-def _encoder_from(path: Path) -> dict:
+def pretrain_cmd(args: argparse.Namespace) -> None:
+    """One pre-training stage; starts from --checkpoint-in when given (stage 2 reads stage 1's)."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import load_pretrain
+    from .text import train_tokenizer
+    from .train import build_model, pretrain, retrieval
+
+    stage = {"1": "stage1", "2": "stage2", "joint": "joint"}[args.stage]
+    check_parameters(preset=args.preset, dataset=args.dataset, device=args.device,
+                     **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                                          ("mask_ratio", args.mask_ratio)) if v is not None})
+    preset = get_preset(args.preset)
+    train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed)
+    if args.checkpoint_in:
+        model, tokenizer, preset, _ = load_checkpoint(args.checkpoint_in, expect_preset=args.preset)
+    else:
+        tokenizer = train_tokenizer(train_pairs.reports, preset.model.vocab_size)
+        model = build_model(preset, tokenizer)
+    history = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, mask_ratio=args.mask_ratio, device=args.device, seed=args.seed,
+                       num_workers=args.num_workers)
+    meta = {"stage": stage, "dataset": args.dataset, "history": history,
+            "heldout_retrieval": retrieval(model, tokenizer, heldout, preset, args.device)}
+    path = save_checkpoint(args.checkpoint_out, model, preset, tokenizer, meta)
+    print(f"{stage}: final loss {history[-1]['loss']:.4f}, held-out i2t R@1 "
+          f"{meta['heldout_retrieval']['i2t_R@1']:.3f}; checkpoint: {path}")
+
+
+def finetune_cmd(args: argparse.Namespace) -> None:
+    """Fine-tune from --checkpoint-in (or random init) at each --fractions value; writes results JSON."""
+    from .data import load_finetune
+    from .train import finetune
+
+    check_parameters(preset=args.preset, finetune_dataset=args.dataset, device=args.device, fractions=args.fractions)
+    preset = get_preset(args.preset)
+    encoder = _encoder_from(resolve(args.checkpoint_in), args.preset) if args.checkpoint_in else None
+    data = load_finetune(args.dataset, args.data_root, preset, args.seed)
+    rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     device=args.device, seed=args.seed, num_workers=args.num_workers) for f in args.fractions]
+    for r in rows:
+        r["init"] = args.checkpoint_in or "random"
+    out = resolve(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "finetune_metrics.json").write_text(json.dumps(rows, indent=2))
+    print(format_table(rows))
+
+
+def _encoder_from(path: Path, preset: str | None = None) -> dict:
     from .checkpoint import load_checkpoint
     from .train import encoder_state
 
-    model, _, _, _ = load_checkpoint(path)
+    model, _, _, _ = load_checkpoint(path, expect_preset=preset)
     return encoder_state(model)
 
 
 def format_table(rows: list[dict], timings: dict | None = None) -> str:
     metric = rows[0]["metric"]
-    lines = [f"Fine-tuning on {rows[0]['dataset']} with {rows[0]['fraction']:.0%} of labels "
-             f"({rows[0]['n_train']} images), test {metric.upper()} (model chosen on validation):",
-             f"{'initialisation':<26}{'val ' + metric:>10}{'test ' + metric:>10}"]
+    lines = [f"Fine-tuning on {rows[0]['dataset']}, test {metric.upper()} of the model chosen on validation:",
+             f"{'initialisation':<26}{'labels':>8}{'images':>8}{'val ' + metric:>10}{'test ' + metric:>10}"]
     for r in rows:
-        lines.append(f"{r['init']:<26}{r[f'val_{metric}']:>10.3f}{r[f'test_{metric}']:>10.3f}")
+        lines.append(f"{r['init']:<26}{r['fraction']:>8.0%}{r['n_train']:>8}"
+                     f"{r[f'val_{metric}']:>10.3f}{r[f'test_{metric}']:>10.3f}")
     if timings:
         lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return "\n".join(lines)
@@ -99,6 +146,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="default: the preset's")
     p.add_argument("--out-dir", default="runs/demo", help="relative paths are taken from the repo root")
     p.set_defaults(func=demo)
+    p = sub.add_parser("pretrain", help="one pre-training stage (runs under torchrun too)")
+    _common(p)
+    p.add_argument("--stage", required=True, choices=("1", "2", "joint"))
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's for the stage")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--mask-ratio", type=float, default=None)
+    p.add_argument("--checkpoint-in", default="", help="start from this checkpoint (stage 2: the stage-1 one)")
+    p.add_argument("--checkpoint-out", required=True, help="folder to write the checkpoint to")
+    p.set_defaults(func=pretrain_cmd)
+    p = sub.add_parser("finetune", help="fine-tune E_v + linear head at label fractions")
+    _common(p)
+    p.set_defaults(dataset="synth")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's for the fraction")
+    p.add_argument("--checkpoint-in", default="", help="pre-trained checkpoint; empty = random init")
+    p.add_argument("--out-dir", default="runs/finetune")
+    p.set_defaults(func=finetune_cmd)
     pd = sub.add_parser("data", help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
     pd.add_argument("data_command", choices=("summary", "cache"))
     args, rest = parser.parse_known_args(argv)

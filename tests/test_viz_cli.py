@@ -77,8 +77,29 @@ def test_demo_end_to_end_on_a_micro_preset(tmp_path, micro_preset, monkeypatch, 
     cli.main(["demo", "--out-dir", str(tmp_path / "demo"), "--stage1-epochs", "1", "--stage2-epochs", "1",
               "--finetune-epochs", "1", "--fraction", "0.1"])
     out = capsys.readouterr().out
-    assert "Fine-tuning on synth with 10% of labels (20 images)" in out
+    assert "Fine-tuning on synth, test AUC of the model chosen on validation" in out
+    assert "     10%      20" in out
     for init in ("random", "stage 1 only (MRM-like)", "CMITM"):
         assert init in out
     assert (tmp_path / "demo" / "stage2" / "model.safetensors").is_file()
     assert (tmp_path / "demo" / "demo_metrics.json").is_file()
+
+
+def test_pretrain_and_finetune_commands(tmp_path, micro_preset, monkeypatch, capsys):
+    from cmitm_lib import cli
+
+    p = copy.deepcopy(micro_preset)
+    p.data.n_pretrain, p.data.n_heldout, p.data.n_finetune = 64, 32, (100, 32, 32)
+    monkeypatch.setattr(cli, "get_preset", lambda name: copy.deepcopy(p))
+    monkeypatch.setattr("cmitm_lib.data.cache_dir", lambda: tmp_path / "cache")
+    s1, s2 = str(tmp_path / "s1"), str(tmp_path / "s2")
+    cli.main(["pretrain", "--stage", "1", "--epochs", "1", "--batch-size", "16", "--checkpoint-out", s1])
+    cli.main(["pretrain", "--stage", "2", "--epochs", "1", "--batch-size", "16", "--checkpoint-in", s1,
+              "--checkpoint-out", s2])
+    cli.main(["finetune", "--checkpoint-in", s2, "--fractions", "0.1", "1.0", "--epochs", "1",
+              "--out-dir", str(tmp_path / "ft")])
+    out = capsys.readouterr().out
+    assert "stage1: final loss" in out and "stage2: final loss" in out
+    assert (tmp_path / "ft" / "finetune_metrics.json").is_file()
+    with pytest.raises(ValueError, match="epochs=0"):
+        cli.main(["pretrain", "--stage", "1", "--epochs", "0", "--checkpoint-out", s1])
