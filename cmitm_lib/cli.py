@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from .config import check_parameters, get_preset
 from .paths import resolve
 
@@ -89,11 +90,15 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     history = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, mask_ratio=args.mask_ratio, device=args.device, seed=args.seed,
                        num_workers=args.num_workers)
+    if not distributed.is_main():  # under torchrun rank 0 evaluates and saves
+        distributed.cleanup()
+        return
     meta = {"stage": stage, "dataset": args.dataset, "history": history,
             "heldout_retrieval": retrieval(model, tokenizer, heldout, preset, args.device)}
     path = save_checkpoint(args.checkpoint_out, model, preset, tokenizer, meta)
     print(f"{stage}: final loss {history[-1]['loss']:.4f}, held-out i2t R@1 "
           f"{meta['heldout_retrieval']['i2t_R@1']:.3f}; checkpoint: {path}")
+    distributed.cleanup()
 
 
 def finetune_cmd(args: argparse.Namespace) -> None:
@@ -168,7 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=finetune_cmd)
     pd = sub.add_parser("data", help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
     pd.add_argument("data_command", choices=("summary", "cache"))
+    sub.add_parser("bench", add_help=False,
+                   help="time a training step on synthetic inputs: `cmitm bench --help`")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":  # the benchmark parses its own flags
+        from . import bench
+
+        bench.main(rest)
+        return
     if args.command == "data":  # the data tools parse their own flags
         from .data import cache, summary
 

@@ -1,7 +1,8 @@
 """Training loops: pre-training (stage 1, stage 2, or joint) and fine-tuning.
 
-One process on a CPU or one GPU. AdamW with linear warmup then per-step cosine decay to 0 (MRM),
-no weight decay on 1-D parameters, bf16 autocast on CUDA.
+One process on a CPU or one GPU; pre-training also under torchrun (DDP, see `distributed`).
+AdamW with linear warmup then per-step cosine decay to 0 (MRM), no weight decay on 1-D parameters,
+bf16 autocast on CUDA.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import Preset, check_choice, check_fraction, check_positive, check_positive_int, check_ratio
 from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset
 from .evaluate import recall_at_k, score, similarity
@@ -93,6 +95,9 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     stage1: L_r = L_vr + L_tr (E_v, D_v, E_t, D_t train); stage2: L_c (E_v, E_t, D_r, h_v, h_t train;
     D_v and D_t are frozen); joint: L_r + L_c at once (the paper's "- cascaded training" ablation).
     Arguments left as None take the preset's value for the stage.
+    Under torchrun ``batch_size`` is the global batch: each of the W processes loads batch_size / W
+    pairs and the contrastive loss sees all batch_size (no gradient accumulation); the returned
+    means are averaged over processes.
     """
     check_choice("stage", stage, STAGES)
     cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)
@@ -106,25 +111,32 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     check_ratio("mask_ratio", cfg.mask_ratio, allow_zero=(stage != "stage1"))
     if len(data) < cfg.batch_size:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training pairs")
-    dev = resolve_device(device)
-    seed_everything(seed)
-    loader = DataLoader(PairDataset(data, preset.data, preset.model), batch_size=cfg.batch_size, shuffle=True,
+    rank, world, local_rank = distributed.init_distributed()
+    dev = distributed.local_device(local_rank, device)
+    per_rank = distributed.per_rank_batch(cfg.batch_size, world)
+    seed_everything(seed + rank)  # different masks and crops on each rank
+    dataset = PairDataset(data, preset.data, preset.model)
+    sampler = distributed.distributed_sampler(dataset, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
                         drop_last=True, num_workers=num_workers, pin_memory=dev.type == "cuda",
                         collate_fn=PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio),
                         persistent_workers=num_workers > 0)
     model.to(dev).train()
-    set_trainable(model, stage)
+    set_trainable(model, stage)  # before wrap_ddp: DDP registers the trainable parameters
+    net = distributed.wrap_ddp(model, dev)
     opt = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, cfg.betas)
     total = cfg.epochs * len(loader)
     sched = warmup_cosine(opt, total, int(cfg.warmup * total))
     history = []
-    bar = tqdm(total=total, desc=f"{stage}", disable=not progress)
+    bar = tqdm(total=total, desc=f"{stage}", disable=not (progress and distributed.is_main()))
     for epoch in range(cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         sums, n, t0 = {}, 0, time.perf_counter()
         for batch in loader:
             batch = _to(batch, dev)
             with autocast(dev):
-                out = model(batch, stage, cfg.mask_ratio, cfg.temperature)
+                out = net(batch, stage, cfg.mask_ratio, cfg.temperature)
             if not torch.isfinite(out["loss"]):
                 raise FloatingPointError(f"{stage} loss became {out['loss'].item()} at epoch {epoch + 1}; "
                                          f"lower lr (now {cfg.lr}) or check the data")
@@ -138,7 +150,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss'].item():.3f}")
         seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
+        history.append({"epoch": epoch + 1, **{k: distributed.all_reduce_mean(v / n) for k, v in sums.items()},
                         "lr": sched.get_last_lr()[0], "seconds": seconds,
                         "samples_per_s": n * cfg.batch_size / seconds})
     bar.close()

@@ -47,25 +47,25 @@ def test_unmasked_encoding_equals_timm_forward(micro_preset):
     assert torch.allclose(latent[:, 0], ref[:, 0], atol=1e-5)
 
 
-def test_stage2_leaves_image_and_text_decoders_untouched(micro_preset, micro_pairs, micro_tokenizer):
-    p = copy.deepcopy(micro_preset)
-    model = build_model(p, micro_tokenizer)
+def _train_one_epoch(stage, preset, pairs, tokenizer):
+    """(before, after) state dicts and the set of modules whose weights changed."""
+    p = copy.deepcopy(preset)
+    model = build_model(p, tokenizer)
     before = copy.deepcopy(model.state_dict())
-    pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", epochs=1, batch_size=16, lr=1e-3, progress=False)
+    pretrain(model, tokenizer, pairs, p, stage, epochs=1, batch_size=16, lr=1e-3, progress=False)
     after = model.state_dict()
     changed = {name for name in MODULES
                if any(not torch.equal(before[k], after[k]) for k in after if k.startswith(name + "."))}
+    return before, after, changed
+
+
+def test_stage2_leaves_image_and_text_decoders_untouched(micro_preset, micro_pairs, micro_tokenizer):
+    _, _, changed = _train_one_epoch("stage2", micro_preset, micro_pairs, micro_tokenizer)
     assert changed == {"image_encoder", "text_encoder", "rep_decoder", "image_proj", "text_proj"}
 
 
 def test_stage1_trains_reconstruction_modules_only(micro_preset, micro_pairs, micro_tokenizer):
-    p = copy.deepcopy(micro_preset)
-    model = build_model(p, micro_tokenizer)
-    before = copy.deepcopy(model.state_dict())
-    pretrain(model, micro_tokenizer, micro_pairs, p, "stage1", epochs=1, batch_size=16, lr=1e-3, progress=False)
-    after = model.state_dict()
-    changed = {name for name in MODULES
-               if any(not torch.equal(before[k], after[k]) for k in after if k.startswith(name + "."))}
+    before, after, changed = _train_one_epoch("stage1", micro_preset, micro_pairs, micro_tokenizer)
     assert changed == {"image_encoder", "image_decoder", "text_encoder", "text_decoder", "image_to_text",
                        "rep_decoder"}
     # D_r changed only by receiving D_v's trained token embedding and mask token (CMITM code shares them)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
         return z["images"], z["labels"], list(z["reports"]), list(z["patient_ids"])
     b = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one writer per process (DDP ranks)
     np.savez(tmp, images=b.images, labels=b.labels, reports=np.array(b.reports), patient_ids=np.array(b.patient_ids))
     tmp.replace(path)
     return b.images, b.labels, b.reports, b.patient_ids
