@@ -73,7 +73,7 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     """One pre-training stage; starts from --checkpoint-in when given (stage 2 reads stage 1's)."""
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_pretrain
-    from .text import train_tokenizer
+    from .text import pretrained_tokenizer, train_tokenizer
     from .train import build_model, pretrain, retrieval
 
     stage = {"1": "stage1", "2": "stage2", "joint": "joint"}[args.stage]
@@ -85,7 +85,8 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     if args.checkpoint_in:
         model, tokenizer, preset, _ = load_checkpoint(args.checkpoint_in, expect_preset=args.preset)
     else:
-        tokenizer = train_tokenizer(train_pairs.reports, preset.model.vocab_size)
+        tokenizer = (pretrained_tokenizer(resolve(args.tokenizer)) if args.tokenizer
+                     else train_tokenizer(train_pairs.reports, preset.model.vocab_size))
         model = build_model(preset, tokenizer)
     history = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, mask_ratio=args.mask_ratio, device=args.device, seed=args.seed,
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mask-ratio", type=float, default=None)
     p.add_argument("--checkpoint-in", default="", help="start from this checkpoint (stage 2: the stage-1 one)")
     p.add_argument("--checkpoint-out", required=True, help="folder to write the checkpoint to")
+    p.add_argument("--tokenizer", default="", help="local BERT folder (tokenizer.json or vocab.txt) to use "
+                   "instead of a WordPiece vocabulary trained on the reports")
     p.set_defaults(func=pretrain_cmd)
     p = sub.add_parser("finetune", help="fine-tune E_v + linear head at label fractions")
     _common(p)

@@ -28,6 +28,29 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -
     return tok
 
 
+def pretrained_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
+    """A BERT WordPiece tokenizer from a local folder (e.g. a downloaded clinical BERT): its
+    ``tokenizer.json`` when present, else its ``vocab.txt``. Nothing is fetched from a hub; use this
+    instead of `train_tokenizer` when E_t should start from that model's vocabulary."""
+    path = Path(path)
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    if not (path / "vocab.txt").is_file():
+        raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {path}; pass the folder of a BERT model "
+                                "saved locally (e.g. with save_pretrained), or train one with train_tokenizer")
+    vocab = {line.rstrip("\n"): i for i, line in enumerate((path / "vocab.txt").read_text(encoding="utf-8").splitlines(True))}
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"{path / 'vocab.txt'} lacks the BERT special tokens {missing}")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")])
+    return tok
+
+
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
     tok.save(str(path))
 

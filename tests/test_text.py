@@ -1,6 +1,6 @@
 import torch
 
-from cmitm_lib.text import encode, load_tokenizer, mask_words, save_tokenizer, train_tokenizer, word_token_table
+from cmitm_lib.text import encode, load_tokenizer, pretrained_tokenizer, mask_words, save_tokenizer, train_tokenizer, word_token_table
 
 REPORTS = ["FINDINGS: Small left pleural effusion. No pneumothorax. IMPRESSION: Left effusion.",
            "FINDINGS: The lungs are clear. Heart size is normal. IMPRESSION: No acute disease.",
@@ -45,3 +45,20 @@ def test_whole_word_masking_half_the_words_never_specials():
         n_masked = sum(all(words[w]) for w in candidates)
         assert n_masked == max(1, round(0.5 * len(candidates)))
         assert not any(all(v) for w, v in words.items() if w not in candidates)  # punctuation never
+
+
+def test_pretrained_tokenizer_from_a_local_vocab_txt(tmp_path):
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "left", "pleural", "effusion", "eff", "##usion", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = pretrained_tokenizer(tmp_path)
+    enc = encode(tok, ["Left pleural effusion."], max_len=8)
+    assert enc.input_ids[0].tolist() == [2, 5, 6, 7, 10, 3, 0, 0]
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert pretrained_tokenizer(tmp_path).get_vocab() == tok.get_vocab()
+
+
+def test_pretrained_tokenizer_names_what_is_missing(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
+        pretrained_tokenizer(tmp_path)
