@@ -20,7 +20,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                         special_tokens=SPECIAL_TOKENS)
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(

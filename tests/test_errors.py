@@ -77,3 +77,8 @@ def test_cuda_request_without_cuda_is_an_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+def test_paper_preset_with_synth_says_what_to_do():
+    with pytest.raises(ValueError, match="use preset='tiny' with synth"):
+        load_pretrain("synth", "", get_preset("paper"))

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import zlib
@@ -20,11 +21,23 @@ PRETRAIN_DATASETS = ("synth", "mimic", "openi")
 FINETUNE_DATASETS = ("synth", "nih", "chexpert", "rsna", "covidx")
 
 
-def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
-    """SynthCXR cases, cached on disk (keyed by the generator's source, so edits invalidate it)."""
+@functools.lru_cache(maxsize=1)
+def _synth_version() -> str:
+    """Hash of the generator's source, read once per process (edits invalidate the cache)."""
     from . import synth
 
-    version = hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:10]
+    return hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:10]
+
+
+def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
+    """SynthCXR cases, cached on disk under the generator's version."""
+    from . import synth
+
+    if n < 1:
+        raise ValueError(f"the preset asks for {n} SynthCXR cases; dataset='synth' needs the preset's data sizes "
+                         "(n_pretrain, n_heldout, n_finetune) set, as the tiny preset has. The paper preset is "
+                         "sized for real data: use preset='tiny' with synth, or a real dataset with preset='paper'")
+    version = _synth_version()
     path = cache_dir() / f"synth_{domain}_{seed}_{start}_{n}_{size}_{version}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
