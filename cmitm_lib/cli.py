@@ -129,6 +129,24 @@ def _encoder_from(path: Path, preset: str | None = None) -> dict:
     return encoder_state(model)
 
 
+def experiment_cmd(args: argparse.Namespace) -> None:
+    """Run (or resume) the grid of one experiment, or all four; write CSV, plots and markdown."""
+    from . import experiment as ex
+
+    scale = "quick" if args.quick else args.scale
+    names = list(ex.EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    command = "cmitm " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cmitm") else \
+        f"cmitm experiment {args.experiment} --scale {scale}"
+    for name in names:
+        rows = ex.run(name, scale, args.seeds, args.out, args.protocol, args.device)
+        paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
+        print(Path(paths["markdown"]).read_text())
+        print("written: " + ", ".join(paths.values()))
+    if args.docs:
+        ex.write_docs(resolve(args.out) / scale, resolve(args.docs), command)
+        print(f"written: {resolve(args.docs)}")
+
+
 def format_table(rows: list[dict], timings: dict | None = None) -> str:
     metric = rows[0]["metric"]
     lines = [f"Fine-tuning on {rows[0]['dataset']}, test {metric.upper()} of the model chosen on validation:",
@@ -174,6 +192,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-in", default="", help="pre-trained checkpoint; empty = random init")
     p.add_argument("--out-dir", default="runs/finetune")
     p.set_defaults(func=finetune_cmd)
+    p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
+    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "all"))
+    p.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
+    p.add_argument("--scale", default="full", choices=("smoke", "quick", "full"),
+                   help="smoke: seconds, numbers meaningless; quick: 1 seed; full: the tiny preset, 3 seeds")
+    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full 3)")
+    p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
+                   help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
+    p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")
+    p.add_argument("--docs", default="", help="also write this markdown file (e.g. docs/results.md)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=experiment_cmd)
+    p = sub.add_parser("evaluate", help="held-out Recall@1/5/10 both ways and zero-shot AUC of a checkpoint")
+    _common(p)
+    p.add_argument("--checkpoint", default="", help="checkpoint folder (stage 1 or stage 2); its preset is used")
+    p.add_argument("--random-init", action="store_true",
+                   help="fresh weights (the checkpoint's architecture and vocabulary, else --preset's)")
+    p.set_defaults(func=evaluate_cmd)
     pd = sub.add_parser("data", help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
     pd.add_argument("data_command", choices=("summary", "cache"))
     sub.add_parser("bench", add_help=False,

@@ -178,6 +178,7 @@ STAGE_MODULES = {
     "stage1": ("image_encoder", "image_decoder", "text_encoder", "text_decoder", "image_to_text"),
     "stage2": ("image_encoder", "text_encoder", "rep_decoder", "image_proj", "text_proj"),
     "joint": MODULES,
+    "mae": ("image_encoder", "image_decoder"),  # baseline: image reconstruction only (MAE)
 }
 
 
@@ -235,22 +236,30 @@ class CMITM(nn.Module):
         return self.text_decoder(hidden[selected]), mlm_labels[selected]
 
     # -- the three objectives -----------------------------------------------------------------
-    def reconstruction_losses(self, batch, latent, mask, ids_restore):
-        """L_vr (eq. 2) and L_tr (eq. 3)."""
+    def image_reconstruction_loss(self, batch, latent, mask, ids_restore):
+        """L_vr (eq. 2)."""
         p = self.cfg.patch_size * self.cfg.target_scale
         pred = self.reconstruct(latent, ids_restore)
-        loss_vr = masked_patch_mse(pred, patchify(batch["target"], p), mask, self.cfg.norm_pix)
+        return masked_patch_mse(pred, patchify(batch["target"], p), mask, self.cfg.norm_pix)
+
+    def text_reconstruction_loss(self, batch, latent):
+        """L_tr (eq. 3)."""
         logits, labels = self.masked_text_logits(latent, batch["masked_ids"], batch["attention_mask"],
                                                  batch["mlm_labels"])
-        return loss_vr, masked_token_ce(logits, labels)
+        return masked_token_ce(logits, labels)
 
     def forward(self, batch: dict, stage: str, mask_ratio: float, temperature: float = 0.07,
                 generator: torch.Generator | None = None) -> dict:
-        """One training step's losses for ``stage`` in {"stage1", "stage2", "joint"}."""
+        """One training step's losses for ``stage`` in {"stage1", "stage2", "joint", "mae"}.
+
+        "mae" is the image-only baseline: L_vr alone, no text.
+        """
         latent, mask, ids_restore = self.encode_image(batch["image"], mask_ratio, generator)
         out = {}
+        if stage in ("stage1", "joint", "mae"):
+            out["loss_vr"] = self.image_reconstruction_loss(batch, latent, mask, ids_restore)
         if stage in ("stage1", "joint"):
-            out["loss_vr"], out["loss_tr"] = self.reconstruction_losses(batch, latent, mask, ids_restore)
+            out["loss_tr"] = self.text_reconstruction_loss(batch, latent)
         if stage in ("stage2", "joint"):
             z_v = self.image_embedding(latent, ids_restore)
             z_t = self.text_embedding(batch["input_ids"], batch["attention_mask"])

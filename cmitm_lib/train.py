@@ -25,7 +25,7 @@ from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, Pa
 from .evaluate import recall_at_k, score, similarity
 from .models import CMITM, build_classifier, copy_decoder_embedding, set_trainable
 
-STAGES = ("stage1", "stage2", "joint")
+STAGES = ("stage1", "stage2", "joint", "mae")
 
 
 def seed_everything(seed: int) -> None:
@@ -93,14 +93,15 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     """Train ``model`` in place with the objective of ``stage``; returns one dict of means per epoch.
 
     stage1: L_r = L_vr + L_tr (E_v, D_v, E_t, D_t train); stage2: L_c (E_v, E_t, D_r, h_v, h_t train;
-    D_v and D_t are frozen); joint: L_r + L_c at once (the paper's "- cascaded training" ablation).
+    D_v and D_t are frozen); joint: L_r + L_c at once (the paper's "- cascaded training" ablation);
+    mae: L_vr alone (E_v, D_v; the image-only baseline).
     Arguments left as None take the preset's value for the stage.
     Under torchrun ``batch_size`` is the global batch: each of the W processes loads batch_size / W
     pairs and the contrastive loss sees all batch_size (no gradient accumulation); the returned
     means are averaged over processes.
     """
     check_choice("stage", stage, STAGES)
-    cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)
+    cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)  # mae, joint: stage 1's
     cfg.epochs = cfg.epochs if epochs is None else epochs
     cfg.batch_size = cfg.batch_size if batch_size is None else batch_size
     cfg.lr = cfg.lr if lr is None else lr

@@ -18,7 +18,8 @@ from ..paths import cache_dir, resolve
 from .datasets import FinetuneData, LabelData, PairData
 
 PRETRAIN_DATASETS = ("synth", "mimic", "openi")
-FINETUNE_DATASETS = ("synth", "nih", "chexpert", "rsna", "covidx")
+SYNTH_TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")  # see data/tasks.py
+FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx")
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,14 +30,18 @@ def _synth_version() -> str:
     return hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:10]
 
 
-def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
-    """SynthCXR cases, cached on disk under the generator's version."""
-    from . import synth
-
+def _check_synth_size(n: int) -> None:
     if n < 1:
         raise ValueError(f"the preset asks for {n} SynthCXR cases; dataset='synth' needs the preset's data sizes "
                          "(n_pretrain, n_heldout, n_finetune) set, as the tiny preset has. The paper preset is "
                          "sized for real data: use preset='tiny' with synth, or a real dataset with preset='paper'")
+
+
+def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
+    """SynthCXR cases, cached on disk under the generator's version."""
+    from . import synth
+
+    _check_synth_size(n)
     version = _synth_version()
     path = cache_dir() / f"synth_{domain}_{seed}_{start}_{n}_{size}_{version}.npz"
     if path.is_file():
@@ -64,16 +69,59 @@ def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0) -> tuple[
 def load_finetune(name: str, root: str, preset: Preset, seed: int = 0) -> FinetuneData:
     check_choice("dataset", name, FINETUNE_DATASETS)
     d = preset.data
-    if name == "synth":
-        from .synth import FINDINGS
-
-        parts, start = [], 0
-        for n in d.n_finetune:  # downstream domain: shifted acquisition
-            imgs, labels, _, _ = _synth_batch(n, seed, d.synth_size, "downstream", start)
-            parts.append(LabelData(imgs, labels))
-            start += n
-        return FinetuneData("synth", list(FINDINGS), "multilabel", "auc", *parts)
+    if name in SYNTH_TASKS:
+        return _synth_task(name, preset, seed)
     return _real_labels(name, root, seed)
+
+
+def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
+    """One of the four embedded downstream tasks (data/tasks.py), from the downstream domain."""
+    from . import tasks
+
+    d = preset.data
+    classes, task, metric = tasks.TASK_INFO[name]
+    for n in d.n_finetune:
+        _check_synth_size(n)
+    if name == "synth-covidx":
+        splits, counts = tasks.covidx_indices(seed, d.n_finetune)
+        print(f"[synth-covidx] scanned {counts['scanned']} downstream studies, excluded "
+              f"{counts['excluded (other findings)']} with findings outside the three classes")
+        parts = []
+        for idx in splits:
+            images, labels = _synth_cases(idx, seed, d.synth_size)
+            classes_of = [tasks.covidx_class(row) for row in labels]
+            parts.append(LabelData(images, np.eye(3, dtype=np.float32)[classes_of]))
+        return FinetuneData(name, classes, task, metric, *parts)
+    parts, start = [], 0
+    for split, n in zip(("train", "val", "test"), d.n_finetune):
+        images, labels, _, _ = _synth_batch(n, seed, d.synth_size, "downstream", start)
+        if name == "synth-chexpert" and split == "train":  # labels read from the reports, U-policy
+            labels = np.stack([tasks.chexpert_labels(tasks.report_labels(tasks.case_params(seed, i)))
+                               for i in range(start, start + n)])
+        elif name != "synth":
+            labels = tasks.image_columns(labels, classes)
+        parts.append(LabelData(images, labels))
+        start += n
+    return FinetuneData(name, classes, task, metric, *parts)
+
+
+def _synth_cases(indices: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8) and image labels of downstream cases at arbitrary indices, cached on disk."""
+    from . import synth
+
+    key = hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:10]
+    path = cache_dir() / f"synth_cases_{seed}_{len(indices)}_{key}_{size}_{_synth_version()}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return z["images"], z["labels"]
+    cases = [synth.generate_case(seed, int(i), size, "downstream") for i in indices]
+    images = np.stack([np.round(c.image * 255).astype(np.uint8) for c in cases])
+    labels = np.stack([c.labels for c in cases])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    tmp.replace(path)
+    return images, labels
 
 
 def _heldout(patient_id: str, fraction: float = 0.05) -> bool:

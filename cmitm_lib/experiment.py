@@ -1,0 +1,444 @@
+"""The embedded benchmark: the paper's Table 1, Table 2, Fig. 2 and Fig. 3 in miniature.
+
+Every pre-training method is a *recipe*: a chain of `train.pretrain` stages started from a fresh
+model. Each finished link of a chain is a checkpoint folder under ``out/pretrain/seed<S>/``, shared
+by every method whose recipe starts with it (stage 1 is trained once per seed for CMITM, its
+ablations and the MRM-like baseline). Every finished evaluation is one line of
+``out/results.jsonl``. Re-running the same command skips what is done, so an interrupted grid
+resumes where it stopped.
+
+Evaluation protocols (`protocol`):
+- ``linear``: E_v frozen, mean-pooled patch features (as the fine-tuning classifier pools them),
+  one L2-regularised logistic regression per class, C chosen on the validation split. Cheap on a CPU:
+  the default for the CPU-scale grids.
+- ``finetune``: `train.finetune`, every weight trained, best validation epoch scored on test (the
+  paper's protocol; affordable on a CPU at 1% labels, hours at 100% -- use a GPU).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Preset, check_choice, check_positive_int, get_preset
+from .paths import resolve
+
+# name -> (label, recipe). A recipe is a tuple of (stage, options); options: mask_ratio,
+# rep_decoder (False = the "- representation decoder" ablation), epochs ("sum" = stage 1 + stage 2
+# epochs, for methods that replace the whole cascade), lr ("stage1" = stage 1's peak lr).
+METHODS: dict[str, tuple[str, tuple]] = {
+    "random": ("random init", ()),
+    "mae": ("MAE (image reconstruction only)", (("mae", {}),)),
+    "mrm": ("MRM-like (stage 1 only: L_vr + L_tr)", (("stage1", {}),)),
+    "clip": ("CLIP-like (contrastive only, no masking, no decoders)",
+             (("stage2", {"mask_ratio": 0.0, "rep_decoder": False, "epochs": "sum", "lr": "stage1"}),)),
+    "ccl": ("CCL only (masked contrastive + D_r, no stage 1)", (("stage2", {"epochs": "sum", "lr": "stage1"}),)),
+    "cmitm": ("CMITM (stage 1 -> stage 2)", (("stage1", {}), ("stage2", {}))),
+    "joint": ("- cascaded training (joint L_r + L_c)", (("joint", {"epochs": "sum"}),)),
+    "no_mask": ("- image masking in stage 2", (("stage1", {}), ("stage2", {"mask_ratio": 0.0}))),
+    "no_rep": ("- representation decoder", (("stage1", {}), ("stage2", {"rep_decoder": False}))),
+}
+FIG3_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
+for _r in FIG3_RATIOS:
+    METHODS[f"cmitm_m{_r:g}"] = (f"CMITM, stage-2 mask ratio {_r:g}", (("stage1", {}), ("stage2", {"mask_ratio": _r})))
+
+ALL_TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")
+EXPERIMENTS = {  # name -> methods, tasks, fractions (the paper's choices for each table / figure)
+    "table1": (("random", "mae", "mrm", "clip", "cmitm"), ALL_TASKS, (0.01, 0.1, 1.0)),
+    "table2": (("cmitm", "joint", "no_mask", "no_rep"), ("synth-rsna", "synth-covidx"), (0.01,)),
+    "fig2": (("mrm", "ccl", "cmitm"), ("synth-rsna", "synth-covidx"), (0.01,)),
+    "fig3": (tuple(f"cmitm_m{r:g}" for r in FIG3_RATIOS), ("synth-rsna", "synth-covidx"), (0.01,)),
+}
+# scale -> (seeds, preset changes). "full" is the tiny preset as it is.
+SCALES = {
+    "smoke": (1, {"n_pretrain": 256, "n_heldout": 64, "n_finetune": (400, 100, 200), "stage1": 1, "stage2": 1}),
+    "quick": (1, {"n_pretrain": 2000, "stage1": 3, "stage2": 2}),
+    "full": (3, {}),
+}
+PROTOCOLS = ("linear", "finetune")
+
+
+def scaled_preset(scale: str, base: Preset | None = None) -> Preset:
+    """The tiny preset (or ``base``) with the data sizes and epochs of ``scale``."""
+    check_choice("scale", scale, SCALES)
+    p = copy.deepcopy(base) if base is not None else get_preset("tiny")
+    changes = SCALES[scale][1]
+    for key in ("n_pretrain", "n_heldout", "n_finetune"):
+        if key in changes:
+            setattr(p.data, key, changes[key])
+    for stage in ("stage1", "stage2"):
+        if stage in changes:
+            getattr(p, stage).epochs = changes[stage]
+    return p
+
+
+# ------------------------------------------------------------------ pre-training with a cache
+
+
+def chain_keys(recipe: tuple) -> list[str]:
+    """Folder names of the links of a recipe, e.g. ["stage1", "stage1__stage2-m0"]."""
+    keys, prefix = [], ""
+    for stage, opts in recipe:
+        tag = stage + "".join(f"-{k[0]}{v}" for k, v in sorted(opts.items()) if k != "epochs" and k != "lr")
+        prefix = f"{prefix}__{tag}" if prefix else tag
+        keys.append(prefix)
+    return keys
+
+
+def _step_arguments(stage: str, opts: dict, preset: Preset) -> dict:
+    s1, s2 = preset.stage1, preset.stage2
+    epochs = s1.epochs + s2.epochs if opts.get("epochs") == "sum" else None
+    lr = s1.lr if opts.get("lr") == "stage1" else None
+    return {"epochs": epochs, "lr": lr, "mask_ratio": opts.get("mask_ratio")}
+
+
+def _model_for_step(model, preset: Preset, tokenizer, opts: dict):
+    """Swap in a model without D_r (image_proj on E_v's width) when the step asks for it; the
+    weights E_v, E_t, D_v, D_t carry over."""
+    from .train import build_model
+
+    if opts.get("rep_decoder", True) or not model.cfg.use_rep_decoder:
+        return model, preset
+    preset = copy.deepcopy(preset)
+    preset.model.use_rep_decoder = False
+    fresh = build_model(preset, tokenizer)
+    keep = {k: v for k, v in model.state_dict().items() if not k.startswith("image_proj.")}
+    fresh.load_state_dict(keep, strict=False)
+    return fresh, preset
+
+
+def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=print,
+                       device: str = "auto") -> dict | None:
+    """E_v's weights after ``method``'s recipe (None for random init), training missing links."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import load_pretrain
+    from .text import load_tokenizer, save_tokenizer, train_tokenizer
+    from .train import build_model, encoder_state, pretrain, seed_everything
+
+    recipe = METHODS[method][1]
+    if not recipe:
+        return None
+    root = out / "pretrain" / f"seed{seed}"
+    keys = chain_keys(recipe)
+    done = [i for i, k in enumerate(keys) if (root / k / "config.json").is_file()]
+    start = done[-1] + 1 if done else 0
+    if start == len(keys):
+        model, _, _, _ = load_checkpoint(root / keys[-1])
+        return encoder_state(model)
+    pairs, _ = load_pretrain("synth", "", preset, 0)  # the benchmark's data are fixed; seeds vary training
+    tok_path = root / "tokenizer.json"
+    if tok_path.is_file():
+        tokenizer = load_tokenizer(tok_path)
+    else:
+        tokenizer = train_tokenizer(pairs.reports, preset.model.vocab_size)
+        root.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(tokenizer, tok_path)
+    step_preset = copy.deepcopy(preset)
+    if start == 0:
+        seed_everything(seed)
+        model = build_model(step_preset, tokenizer)
+    else:
+        model, tokenizer, step_preset, _ = load_checkpoint(root / keys[start - 1])
+    for i in range(start, len(keys)):
+        stage, opts = recipe[i]
+        model, step_preset = _model_for_step(model, step_preset, tokenizer, opts)
+        t0 = time.perf_counter()
+        history = pretrain(model, tokenizer, pairs, step_preset, stage, seed=seed, device=device, progress=False,
+                           **_step_arguments(stage, opts, step_preset))
+        seconds = time.perf_counter() - t0
+        last = {k: round(v, 4) for k, v in history[-1].items() if k.startswith("loss")}
+        log(f"  pre-trained {keys[i]} (seed {seed}) in {seconds:.0f} s, last epoch {last}")
+        save_checkpoint(root / keys[i], model, step_preset, tokenizer,
+                        {"method_link": keys[i], "seed": seed, "history": history, "seconds": seconds})
+    return encoder_state(model)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def encoder_features(encoder_state: dict | None, images, preset: Preset, seed: int,
+                     device: str = "auto", batch_size: int = 256) -> np.ndarray:
+    """Frozen E_v features (mean of the final-norm patch tokens) of every image, eval transform."""
+    from torch.utils.data import DataLoader
+
+    from .data.datasets import LabelData, LabelDataset
+    from .models import build_classifier
+    from .train import autocast, resolve_device, seed_everything
+
+    dev = resolve_device(device)
+    seed_everything(seed)  # the random-init encoder depends on the seed
+    net = build_classifier(preset.model, 1, encoder_state).to(dev).eval()
+    dummy = np.zeros((len(images), 1), dtype=np.float32)
+    loader = DataLoader(LabelDataset(LabelData(images, dummy), preset.data, preset.model, train=False),
+                        batch_size=batch_size)
+    feats = []
+    for x, _ in loader:
+        with autocast(dev):
+            feats.append(net.forward_head(net.forward_features(x.to(dev)), pre_logits=True).float().cpu())
+    return torch.cat(feats).numpy()
+
+
+def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metric: str,
+                 cs=(0.01, 0.1, 1.0, 10.0)) -> dict:
+    """Logistic regression per class on standardised features; C picked on validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    from .evaluate import score
+
+    scaler = StandardScaler().fit(train_x)
+    tx, vx, sx = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
+
+    def fit_predict(c):
+        if task == "multiclass":
+            clf = LogisticRegression(C=c, max_iter=2000).fit(tx, train_y.argmax(1))
+            if len(clf.classes_) < train_y.shape[1]:  # a class missing from a tiny label fraction
+                return lambda x: _fill_proba(clf, x, train_y.shape[1])
+            return clf.predict_proba
+        cols = []
+        for k in range(train_y.shape[1]):
+            y = train_y[:, k]
+            if y.min() == y.max():  # one label value in the training fraction: a constant score
+                cols.append(lambda x, v=float(y[0]): np.full(len(x), v))
+            else:
+                m = LogisticRegression(C=c, max_iter=2000).fit(tx, y)
+                cols.append(lambda x, m=m: m.predict_proba(x)[:, 1])
+        return lambda x: np.stack([f(x) for f in cols], axis=1)
+
+    best = None
+    for c in cs:
+        predict = fit_predict(c)
+        val = score(metric, val_y, predict(vx))
+        if best is None or val > best[0]:
+            best = (val, c, predict)
+    val, c, predict = best
+    return {"val": float(val), "test": float(score(metric, test_y, predict(sx))), "C": c}
+
+
+def _fill_proba(clf, x, n_classes):
+    proba = np.zeros((len(x), n_classes))
+    proba[:, clf.classes_] = clf.predict_proba(x)
+    return proba
+
+
+# ------------------------------------------------------------------ the grid
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["method"], row["task"], row["fraction"], row["seed"], row["protocol"], row["scale"])
+
+
+def read_results(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
+        protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print) -> list[dict]:
+    """Train what is missing and evaluate every (method, task, fraction, seed) of ``experiment``.
+
+    Returns the rows of this experiment (old and new). ``seeds`` defaults to the scale's (smoke and
+    quick 1, full 3). ``preset`` replaces the tiny preset as the base (tests pass a smaller one).
+    """
+    from .data import load_finetune
+    from .train import fraction_indices
+
+    check_choice("experiment", experiment, EXPERIMENTS)
+    check_choice("protocol", protocol, PROTOCOLS)
+    seeds = SCALES[scale][0] if seeds is None else seeds
+    check_positive_int("seeds", seeds)
+    preset = scaled_preset(scale, preset)
+    out = resolve(out) / scale
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
+    methods, tasks, fractions = EXPERIMENTS[experiment]
+    done = {_row_key(r) for r in read_results(out)}
+    data = {}
+    t_start = time.perf_counter()
+    for seed in range(seeds):
+        for method in methods:
+            todo = [(t, f) for t in tasks for f in fractions
+                    if (method, t, f, seed, protocol, scale) not in done]
+            if not todo:
+                continue
+            state = pretrained_encoder(method, seed, preset, out, log, device)
+            feats = {}
+            for task, fraction in todo:
+                if task not in data:
+                    data[task] = load_finetune(task, "", preset, 0)
+                d = data[task]
+                t0 = time.perf_counter()
+                if protocol == "linear":
+                    key = "covidx" if task == "synth-covidx" else "stream"  # the other three share images
+                    if key not in feats:
+                        feats[key] = {s: encoder_features(state, getattr(d, s).images, preset, seed, device)
+                                      for s in ("train", "val", "test")}
+                    f = feats[key]
+                    idx = fraction_indices(len(d.train), fraction, seed)
+                    r = linear_probe(f["train"][idx], d.train.labels[idx], f["val"], d.val.labels,
+                                     f["test"], d.test.labels, d.task, d.metric)
+                    extra = {"C": r["C"], "n_train": len(idx)}
+                else:
+                    from .train import finetune
+
+                    r = finetune(d, preset, state, fraction, device=device, seed=seed, progress=False)
+                    r = {"val": r[f"val_{d.metric}"], "test": r[f"test_{d.metric}"]}
+                    extra = {"n_train": len(fraction_indices(len(d.train), fraction, seed))}
+                row = {"experiment": experiment, "method": method, "label": METHODS[method][0], "task": task,
+                       "metric": d.metric, "fraction": fraction, "seed": seed, "protocol": protocol, "scale": scale,
+                       "val": r["val"], "test": r["test"], **extra, "seconds": round(time.perf_counter() - t0, 1)}
+                with open(out / "results.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                log(f"  {method:>12} {task:>15} {fraction:>5g} seed {seed}: test {d.metric} {r['test']:.3f}")
+    log(f"{experiment} ({scale}): {time.perf_counter() - t_start:.0f} s this run")
+    rows = [r for r in read_results(out) if r["method"] in methods and r["task"] in tasks
+            and r["fraction"] in fractions and r["protocol"] == protocol and r["seed"] < seeds]
+    return rows
+
+
+# ------------------------------------------------------------------ summaries, plots, markdown
+
+
+def t_quantile(n: int) -> float:
+    """Two-sided 95% Student-t quantile for n samples (n - 1 degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1)) if n > 1 else math.nan
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean, standard deviation and 95% CI half-width (Student t) over seeds, per method/task/fraction."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["task"], r["fraction"], r["metric"]), []).append(100 * r["test"])
+    order = {m: i for i, m in enumerate(METHODS)}
+    out = []
+    for (method, task, fraction, metric), values in sorted(groups.items(), key=lambda kv: (
+            ALL_TASKS.index(kv[0][1]), kv[0][2], order[kv[0][0]])):
+        v = np.array(values)
+        sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        out.append({"method": method, "label": METHODS[method][0], "task": task, "fraction": fraction,
+                    "metric": metric, "n": len(v), "mean": float(v.mean()), "sd": sd,
+                    "ci95": t_quantile(len(v)) * sd / math.sqrt(len(v)) if len(v) > 1 else math.nan})
+    return out
+
+
+def _cell(s: dict) -> str:
+    return f"{s['mean']:.1f}" if s["n"] < 2 else f"{s['mean']:.1f} ± {s['ci95']:.1f}"
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """Methods as rows, (task, fraction) as columns; metric x 100, mean ± 95% CI half-width."""
+    cols = sorted({(s["task"], s["fraction"]) for s in summary}, key=lambda c: (ALL_TASKS.index(c[0]), c[1]))
+    methods = [m for m in METHODS if any(s["method"] == m for s in summary)]
+    cell = {(s["method"], s["task"], s["fraction"]): s for s in summary}
+    metric = {s["task"]: s["metric"] for s in summary}
+    head = "| method | " + " | ".join(f"{t} {metric[t]} {f:.0%}" for t, f in cols) + " |"
+    lines = [head, "|---" * (len(cols) + 1) + "|"]
+    for m in methods:
+        lines.append(f"| {METHODS[m][0]} | " + " | ".join(
+            _cell(cell[(m, t, f)]) if (m, t, f) in cell else "" for t, f in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], rows: list[dict], title: str = ""):
+    """One panel per task: test metric against label fraction, one line per method (points = seeds)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(rows)
+    df["test x100"] = 100 * df["test"]
+    df["labels"] = df["fraction"].map(lambda f: f"{f:.0%}")
+    tasks = [t for t in ALL_TASKS if t in set(df["task"])]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = df[df["task"] == task]
+        sns.pointplot(data=sub, x="labels", y="test x100", hue="method", ax=ax, errorbar=("ci", 95),
+                      dodge=0.3, markersize=4, linewidth=1.2, legend=ax is axes[0][-1])
+        ax.set_title(f"{task} ({sub['metric'].iloc[0]})", fontsize=9)
+        ax.set_xlabel("labelled training images")
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1), fontsize=7, title=None)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(experiment: str, rows: list[dict], out: str | Path, command: str) -> dict:
+    """results_<experiment>.csv, summary JSON, plot PNG and a markdown section; returns their paths."""
+    import pandas as pd
+
+    out = resolve(out)
+    summary = summarize(rows)
+    paths = {"csv": out / f"{experiment}_results.csv", "summary": out / f"{experiment}_summary.json",
+             "plot": out / f"{experiment}.png", "markdown": out / f"{experiment}.md"}
+    pd.DataFrame(rows).to_csv(paths["csv"], index=False)
+    paths["summary"].write_text(json.dumps(summary, indent=2))
+    fig = plot(summary, rows, f"{experiment}: test metric x 100 (mean, 95% CI over seeds)")
+    fig.savefig(paths["plot"], dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    seeds = sorted({r["seed"] for r in rows})
+    paths["markdown"].write_text(
+        f"### {experiment}\n\nCommand: `{command}`  \nSeeds: {len(seeds)}; protocol: "
+        f"{', '.join(sorted({r['protocol'] for r in rows}))}; results: `{paths['csv'].name}` "
+        f"({len(rows)} rows). Metric x 100, mean ± 95% CI half-width (Student t) over seeds.\n\n"
+        + markdown_table(summary) + "\n")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def pretrain_seconds(out: str | Path) -> dict[str, float]:
+    """Seconds each cached pre-training link took, summed over seeds (from the checkpoints' meta)."""
+    totals: dict[str, float] = {}
+    for cfg in sorted(resolve(out).glob("pretrain/seed*/*/config.json")):
+        meta = json.loads(cfg.read_text())["meta"]
+        totals[meta["method_link"]] = totals.get(meta["method_link"], 0.0) + meta["seconds"]
+    return totals
+
+
+def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
+    """A markdown page from every experiment section found in ``out`` (one scale's folder), with
+    the plots copied next to it and the pre-training times; every number comes from ``out``."""
+    import platform
+    import shutil
+
+    out, docs = resolve(out), resolve(docs)
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    preset = json.loads((out / "preset.json").read_text())
+    d, s1, s2 = preset["data"], preset["stage1"], preset["stage2"]
+    parts = [
+        "# Results on the embedded benchmark (SynthCXR)\n",
+        f"Generated by `{command}` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}). Folder: `{out.name}` scale; "
+        "every number below is in the CSV named in its section (under `runs/experiments/<scale>/`).\n",
+        f"Pre-training: {d['n_pretrain']} SynthCXR pairs (pre-training acquisition domain), stage 1 "
+        f"{s1['epochs']} epochs (lr {s1['lr']:g}), stage 2 {s2['epochs']} epochs (lr {s2['lr']:g}), batch "
+        f"{s1['batch_size']}. Downstream: train / val / test = {tuple(d['n_finetune'])} studies per task, from the "
+        "downstream acquisition domain (see `cmitm_lib/data/tasks.py`).\n",
+    ]
+    for name in EXPERIMENTS:
+        md = out / f"{name}.md"
+        if md.is_file():
+            parts.append(md.read_text())
+            png = out / f"{name}.png"
+            if png.is_file():
+                target = docs.parent / f"results_{name}.png"
+                shutil.copyfile(png, target)
+                parts.append(f"![{name}]({target.name})\n")
+    seconds = pretrain_seconds(out)
+    if seconds:
+        parts.append("### Pre-training time (seconds, summed over seeds)\n\n| link | seconds |\n|---|---|\n"
+                     + "\n".join(f"| {k} | {v:.0f} |" for k, v in seconds.items()) + "\n")
+    docs.write_text("\n".join(parts))
+    return docs

@@ -1,0 +1,97 @@
+"""The benchmark runner: recipes, caching and resume, the linear probe, statistics and reports."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cmitm_lib import experiment as ex
+from cmitm_lib.checkpoint import read_config
+
+
+@pytest.fixture(scope="module")
+def base(micro_preset):
+    p = copy.deepcopy(micro_preset)
+    p.data.synth_size = 32
+    return p
+
+
+def test_recipes_share_their_stage1_link():
+    keys = {m: ex.chain_keys(r) for m, (_, r) in ex.METHODS.items()}
+    assert keys["random"] == []
+    assert keys["mrm"] == ["stage1"]
+    for m in ("cmitm", "no_mask", "no_rep", "cmitm_m0.5"):
+        assert keys[m][0] == "stage1" and len(keys[m]) == 2
+    assert len({keys[m][-1] for m in ("cmitm", "no_mask", "no_rep", "cmitm_m0.5", "cmitm_m0.9")}) == 5
+    assert keys["cmitm_m0.75"] != keys["cmitm"]  # same training, but spelled out: its own cache entry
+    for name, (methods, tasks, fractions) in ex.EXPERIMENTS.items():
+        assert set(methods) <= set(ex.METHODS) and set(tasks) <= set(ex.ALL_TASKS), name
+
+
+def test_linear_probe_separable_and_missing_class():
+    rng = np.random.default_rng(0)
+    y = (rng.random((120, 2)) < 0.4).astype(np.float32)
+    x = np.concatenate([y * 3 + rng.normal(0, 0.1, y.shape), rng.normal(0, 1, (120, 3))], axis=1)
+    r = ex.linear_probe(x[:60], y[:60], x[60:90], y[60:90], x[90:], y[90:], "multilabel", "auc")
+    assert r["val"] == 1.0 and r["test"] == 1.0
+    labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 90)]
+    feats = labels @ np.eye(3) * 4 + rng.normal(0, 0.1, (90, 3))
+    train = labels[:30].copy()
+    keep = train.argmax(1) != 2  # class 2 absent from the training fraction
+    r = ex.linear_probe(feats[:30][keep], train[keep], feats[30:60], labels[30:60], feats[60:], labels[60:],
+                        "multiclass", "acc")
+    truth = labels[60:].argmax(1)
+    assert abs(r["test"] - np.mean(truth != 2)) < 0.05  # every class-2 image is wrong, the rest right
+
+
+def test_summary_statistics():
+    rows = [{"method": "cmitm", "task": "synth-rsna", "fraction": 0.01, "metric": "auc", "test": t}
+            for t in (0.60, 0.70, 0.80)]
+    (s,) = ex.summarize(rows)
+    assert s["n"] == 3 and math.isclose(s["mean"], 70.0) and math.isclose(s["sd"], 10.0)
+    assert math.isclose(s["ci95"], 4.302652729911275 * 10 / math.sqrt(3), rel_tol=1e-6)
+    assert "70.0 ± 24.8" in ex.markdown_table([s])
+
+
+def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
+    rows = ex.run("table2", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None)
+    assert len(rows) == 4 * 2  # 4 methods x 2 tasks x 1 fraction x 1 seed
+    assert {r["method"] for r in rows} == {"cmitm", "joint", "no_mask", "no_rep"}
+    assert all(0.0 <= r["test"] <= 1.0 for r in rows)
+    root = tmp_path / "smoke" / "pretrain" / "seed0"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
+        ["stage1", "stage1__stage2", "stage1__stage2-m0.0", "stage1__stage2-rFalse", "joint"])
+    assert read_config(root / "stage1__stage2-rFalse")["preset"]["model"]["use_rep_decoder"] is False
+    assert json.loads((root / "joint" / "config.json").read_text())["meta"]["history"][-1]["epoch"] == 2  # 1 + 1
+
+    import cmitm_lib.train as train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished grid must not train again")
+
+    monkeypatch.setattr(train, "pretrain", no_training)
+    again = ex.run("table2", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None)
+    assert again == rows
+    # fig2 reuses stage 1 and CMITM; only the CCL-only link is new (pretrain is blocked -> it must fail there)
+    with pytest.raises(AssertionError, match="must not train"):
+        ex.run("fig2", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None)
+    assert {r["method"] for r in ex.read_results(tmp_path / "smoke")} >= {"mrm"}
+
+    paths = ex.write_report("table2", rows, tmp_path / "smoke", "cmitm experiment table2 --scale smoke")
+    md = (tmp_path / "smoke" / "table2.md").read_text()
+    assert "- image masking in stage 2" in md and "synth-covidx acc 1%" in md
+    docs = ex.write_docs(tmp_path / "smoke", tmp_path / "docs" / "results.md", "cmitm experiment table2")
+    assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
+    assert all(p for p in paths.values())
+
+
+def test_bad_arguments(base, tmp_path):
+    with pytest.raises(ValueError, match="experiment='table9'"):
+        ex.run("table9", "smoke", 1, tmp_path, preset=base)
+    with pytest.raises(ValueError, match="scale='huge'"):
+        ex.run("table1", "huge", 1, tmp_path, preset=base)
+    with pytest.raises(ValueError, match="seeds=0"):
+        ex.run("table1", "smoke", 0, tmp_path, preset=base)
