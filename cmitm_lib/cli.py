@@ -121,6 +121,51 @@ def finetune_cmd(args: argparse.Namespace) -> None:
     print(format_table(rows))
 
 
+def evaluate_cmd(args: argparse.Namespace) -> dict:
+    """Held-out Recall@1/5/10 (image->report, report->image) and zero-shot AUC from prompts, no labels used.
+
+    Pair datasets (synth, mimic, openi) give retrieval on the held-out pairs; labelled ones (synth,
+    nih, chexpert, rsna, covidx) give zero-shot AUC on the test split. --random-init scores the same
+    architecture and vocabulary with fresh weights: the floor the pre-training should rise above.
+    """
+    from .checkpoint import load_checkpoint
+    from .config import check_choice
+    from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS, load_finetune, load_pretrain
+    from .evaluate import evaluate_model, format_evaluation
+    from .text import train_tokenizer
+    from .train import build_model, seed_everything
+
+    check_choice("dataset", args.dataset, tuple(dict.fromkeys(PRETRAIN_DATASETS + FINETUNE_DATASETS)))
+    check_parameters(device=args.device)
+    if not args.checkpoint and not args.random_init:
+        raise ValueError("cmitm evaluate needs --checkpoint DIR (a pre-trained checkpoint folder) or --random-init")
+    if args.checkpoint:
+        model, tokenizer, preset, meta = load_checkpoint(args.checkpoint)
+        name = "random init" if args.random_init else f"{meta.get('stage', 'checkpoint')} ({args.checkpoint})"
+    else:
+        check_parameters(preset=args.preset)
+        preset, tokenizer, name = get_preset(args.preset), None, "random init"
+    train_pairs, pairs = (load_pretrain(args.dataset, args.data_root, preset, args.seed)
+                          if args.dataset in PRETRAIN_DATASETS else (None, None))
+    labelled = load_finetune(args.dataset, args.data_root, preset, args.seed) if args.dataset in FINETUNE_DATASETS else None
+    if tokenizer is None:
+        if train_pairs is None:
+            raise ValueError(f"--random-init without --checkpoint needs report text for a vocabulary; dataset "
+                             f"{args.dataset!r} has none. Pass --checkpoint DIR to use its tokenizer")
+        tokenizer = train_tokenizer(train_pairs.reports, preset.model.vocab_size)
+    if args.random_init:
+        seed_everything(args.seed)
+        model = build_model(preset, tokenizer)
+    result = evaluate_model(model, tokenizer, preset, pairs, labelled, args.dataset, args.device)
+    print(f"{args.dataset}: " + ", ".join(part for part in (
+        f"retrieval on {len(pairs)} held-out pairs" if pairs is not None else "",
+        f"zero-shot on {len(labelled.test)} test images" if labelled is not None else "") if part))
+    print(format_evaluation({name: result}))
+    if "zeroshot_per_class" in result:
+        print("zero-shot AUC per class: " + ", ".join(f"{c} {v:.3f}" for c, v in result["zeroshot_per_class"].items()))
+    return result
+
+
 def _encoder_from(path: Path, preset: str | None = None) -> dict:
     from .checkpoint import load_checkpoint
     from .train import encoder_state

@@ -53,3 +53,211 @@ def recall_at_k(sim: torch.Tensor, ks=(1, 5, 10), reports: list[str] | None = No
         for k in ks:
             out[f"{name}_R@{k}"] = float(hits[:, :k].any(dim=1).float().mean())
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot classification: no labels, only sentences. For each class a few sentences that state the
+# finding and a few that negate it are embedded with E_t + h_t; an image's score for the class is the
+# softmax over (positive, negated) of its cosine similarities / tau (CLIP-style prompt ensembling:
+# the sentences of one side are averaged after L2 normalisation).
+# ---------------------------------------------------------------------------------------------
+PROMPTS_SYNTH = {  # in the style of the SynthCXR report sentences (cmitm_lib.data.synth)
+    "cardiomegaly": (("Moderate cardiomegaly.", "The heart is markedly enlarged.",
+                      "The cardiac silhouette is mildly enlarged."),
+                     ("Heart size is normal.", "The cardiac silhouette is normal in size.",
+                      "Cardiomediastinal silhouette is within normal limits.")),
+    "effusion": (("There is a right pleural effusion.", "Small left pleural effusion.",
+                  "Moderate bilateral pleural effusions."),
+                 ("No pleural effusion.", "The costophrenic angles are sharp.", "No pleural effusion or pneumothorax.")),
+    "consolidation": (("Right lower lobe consolidation.", "Patchy consolidation in the left upper lobe.",
+                       "Airspace opacity in the right middle lobe consistent with consolidation."),
+                      ("No focal consolidation.", "No focal airspace disease.", "The lungs are clear.")),
+    "pneumothorax": (("Small right pneumothorax.", "There is a large left apical pneumothorax.",
+                      "A small left pneumothorax is present with a visible pleural line."),
+                     ("No pneumothorax.", "No pleural effusion or pneumothorax.", "The lungs are clear.")),
+    "nodule": (("8 mm right upper lung nodule.", "Nodule in the left mid lung, 12 mm.",
+                "Rounded 10 mm nodular opacity in the right lower lung zone."),
+               ("No pulmonary nodules.", "The lungs are clear.", "Lungs are clear without focal opacity.")),
+    "edema": (("Moderate pulmonary edema.", "Mild perihilar haziness consistent with pulmonary edema.",
+               "Bilateral perihilar opacities in keeping with severe interstitial edema."),
+              ("No pulmonary edema.", "Pulmonary vasculature is normal.", "The lungs are clear.")),
+    "atelectasis": (("Right basilar atelectasis.", "Plate-like atelectasis at the left lung base.",
+                     "Linear opacity at the right base consistent with subsegmental atelectasis."),
+                    ("No atelectasis.", "Lungs are clear without focal opacity.", "The lungs are clear.")),
+}
+
+_REAL = {  # findings sentences as radiologists write them (MIMIC-CXR style), by finding
+    "atelectasis": (("Bibasilar atelectasis.", "Linear opacity at the lung base consistent with atelectasis.",
+                     "Subsegmental atelectasis in the left lower lobe."),
+                    ("No atelectasis.", "The lungs are clear.", "Lungs are well expanded and clear.")),
+    "cardiomegaly": (("Cardiomegaly.", "The heart is enlarged.", "The cardiac silhouette is moderately enlarged."),
+                     ("Heart size is normal.", "The cardiac silhouette is normal in size.",
+                      "Cardiomediastinal silhouette is within normal limits.")),
+    "effusion": (("Small right pleural effusion.", "There is a moderate left pleural effusion.",
+                  "Bilateral pleural effusions."),
+                 ("No pleural effusion.", "The costophrenic angles are sharp.", "No pleural effusion or pneumothorax.")),
+    "infiltration": (("Patchy infiltrate in the right lower lobe.", "Diffuse bilateral infiltrates.",
+                      "Interstitial infiltrates in both lungs."),
+                     ("No infiltrate.", "The lungs are clear.", "No focal airspace disease.")),
+    "mass": (("There is a mass in the right upper lobe.", "Large left hilar mass.",
+              "A 4 cm mass in the left lung."),
+             ("No mass.", "No pulmonary mass or nodule.", "The lungs are clear.")),
+    "nodule": (("Right upper lobe pulmonary nodule.", "There is an 8 mm nodule in the left lung.",
+                "Rounded nodular opacity in the right mid lung."),
+               ("No pulmonary nodules.", "No pulmonary mass or nodule.", "The lungs are clear.")),
+    "pneumonia": (("Right lower lobe pneumonia.", "Airspace opacity consistent with pneumonia.",
+                   "Consolidation in the left lower lobe concerning for pneumonia."),
+                  ("No evidence of pneumonia.", "No focal consolidation.", "The lungs are clear.")),
+    "pneumothorax": (("Small right apical pneumothorax.", "There is a large left pneumothorax.",
+                      "A pneumothorax is present with a visible pleural line."),
+                     ("No pneumothorax.", "No pleural effusion or pneumothorax.", "The lungs are clear.")),
+    "consolidation": (("Right lower lobe consolidation.", "Dense consolidation in the left lower lobe.",
+                       "Airspace consolidation in the right middle lobe."),
+                      ("No focal consolidation.", "No focal airspace disease.", "The lungs are clear.")),
+    "edema": (("Moderate pulmonary edema.", "Mild interstitial edema.", "Perihilar haziness consistent with edema."),
+              ("No pulmonary edema.", "Pulmonary vasculature is normal.", "No vascular congestion.")),
+    "emphysema": (("Emphysema.", "The lungs are hyperinflated with emphysematous changes.",
+                   "Flattened diaphragms consistent with emphysema."),
+                  ("No emphysema.", "Lung volumes are normal.", "The lungs are clear.")),
+    "fibrosis": (("Pulmonary fibrosis.", "Reticular opacities consistent with fibrosis.",
+                  "Chronic fibrotic changes at both lung bases."),
+                 ("No fibrosis.", "No interstitial lung disease.", "The lungs are clear.")),
+    "pleural thickening": (("Pleural thickening.", "Apical pleural thickening on the right.",
+                            "Biapical pleural thickening."),
+                           ("No pleural thickening.", "The pleural surfaces are smooth.",
+                            "No pleural abnormality.")),
+    "hernia": (("Hiatal hernia.", "There is a large hiatal hernia.", "Retrocardiac hiatal hernia."),
+               ("No hernia.", "No hiatal hernia.", "The mediastinum is normal.")),
+    "normal": (("No acute cardiopulmonary process.", "Normal chest radiograph.", "The lungs are clear."),
+               ("Bilateral airspace opacities.", "Focal consolidation.", "Abnormal chest radiograph.")),
+    "covid-19": (("Bilateral peripheral ground-glass opacities consistent with COVID-19 pneumonia.",
+                  "Multifocal patchy opacities in both lower lungs, viral pneumonia.",
+                  "Diffuse bilateral hazy opacities compatible with COVID-19."),
+                 ("No airspace opacities.", "The lungs are clear.", "No acute cardiopulmonary process.")),
+}
+
+PROMPTS = {
+    "synth": PROMPTS_SYNTH,
+    "nih": {c: _REAL[c.lower().replace("_", " ")] for c in (
+        "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+        "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")},
+    "chexpert": {"Atelectasis": _REAL["atelectasis"], "Cardiomegaly": _REAL["cardiomegaly"],
+                 "Consolidation": _REAL["consolidation"], "Edema": _REAL["edema"],
+                 "Pleural Effusion": _REAL["effusion"]},
+    "rsna": {"Pneumonia": _REAL["pneumonia"]},
+    "covidx": {"normal": _REAL["normal"], "pneumonia": _REAL["pneumonia"], "COVID-19": _REAL["covid-19"]},
+}
+
+
+def prompts_for(dataset: str, classes: list[str]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The prompts of ``dataset``'s table (``PROMPTS``) for ``classes``, in their order."""
+    if dataset not in PROMPTS:
+        raise ValueError(f"no zero-shot prompts for dataset={dataset!r}; known: {', '.join(PROMPTS)}. "
+                         "Add a dict class -> (positive sentences, negated sentences) to evaluate.PROMPTS")
+    return select_prompts(PROMPTS[dataset], classes)
+
+
+def select_prompts(prompts: dict, classes: list[str]) -> dict:
+    """``prompts`` restricted to ``classes``, in their order; fails naming any class without prompts."""
+    missing = [c for c in classes if c not in prompts]
+    if missing:
+        raise ValueError(f"the prompts have no entry for classes {missing}; give (positive sentences, "
+                         "negated sentences) for each, see evaluate.PROMPTS")
+    return {c: prompts[c] for c in classes}
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str], max_len: int, device: str = "auto",
+                batch_size: int = 128) -> torch.Tensor:
+    """z_t = h_t(E_t(text)[CLS]) for each text, model in eval mode."""
+    from .text import encode
+    from .train import autocast, resolve_device
+
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = encode(tokenizer, texts[i : i + batch_size], max_len)
+        with autocast(dev):
+            out.append(model.text_embedding(enc.input_ids.to(dev), enc.attention_mask.to(dev)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_images(model, images, preset, device: str = "auto", batch_size: int = 128) -> torch.Tensor:
+    """z_v = h_v(AvgPool(D_r(E_v(image)))) for unmasked images (uint8 (N, H, W) or file paths)."""
+    from torch.utils.data import DataLoader
+
+    from .data.datasets import LabelData, LabelDataset
+    from .train import autocast, resolve_device
+
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    dummy = LabelData(images, np.zeros((len(images), 1), dtype=np.float32))
+    out = []
+    for x, _ in DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size):
+        with autocast(dev):
+            latent, _, ids_restore = model.encode_image(x.to(dev), 0.0)
+            out.append(model.image_embedding(latent, ids_restore).float().cpu())
+    return torch.cat(out)
+
+
+def prompt_embeddings(model, tokenizer, prompts: dict, max_len: int, device: str = "auto"):
+    """(positive (K, D), negated (K, D)): per class the mean of its normalised sentence embeddings, renormalised."""
+    sides = []
+    for side in (0, 1):
+        rows = [F.normalize(embed_texts(model, tokenizer, list(p[side]), max_len, device), dim=-1).mean(0)
+                for p in prompts.values()]
+        sides.append(F.normalize(torch.stack(rows), dim=-1))
+    return sides[0], sides[1]
+
+
+def zero_shot_scores(z_img: torch.Tensor, positive: torch.Tensor, negated: torch.Tensor,
+                     temperature: float = 0.07) -> torch.Tensor:
+    """(N, K) probability of the positive sentence against the negated one, per image and class."""
+    z = F.normalize(z_img.float(), dim=-1)
+    logits = torch.stack([z @ positive.T, z @ negated.T], dim=-1) / temperature
+    return logits.softmax(-1)[..., 0]
+
+
+def zero_shot(model, tokenizer, images, labels: np.ndarray, classes: list[str], prompts: dict, preset,
+              device: str = "auto", task: str = "multilabel") -> dict:
+    """Zero-shot macro AUC (and accuracy for multi-class data) of ``model`` on labelled images."""
+    pos, neg = prompt_embeddings(model, tokenizer, select_prompts(prompts, classes), preset.model.max_len, device)
+    scores = zero_shot_scores(embed_images(model, images, preset, device), pos, neg).numpy()
+    auc, skipped = macro_auc(labels, scores)
+    per_class = {c: float(roc_auc_score(labels[:, k], scores[:, k])) for k, c in enumerate(classes)
+                 if str(k) not in skipped}
+    out = {"zeroshot_auc": auc, "zeroshot_per_class": per_class}
+    if task == "multiclass":
+        out["zeroshot_acc"] = accuracy(labels, scores)
+    return out
+
+
+def evaluate_model(model, tokenizer, preset, pairs=None, labelled=None, dataset: str = "synth",
+                   device: str = "auto") -> dict:
+    """Held-out retrieval (Recall@1/5/10 both ways) on ``pairs`` (a PairData) and zero-shot AUC on
+    ``labelled`` (a FinetuneData: its test split, its classes, prompts from ``PROMPTS[dataset]``)."""
+    from .train import retrieval
+
+    if pairs is None and labelled is None:
+        raise ValueError("nothing to evaluate: pass held-out pairs (retrieval) and/or labelled data (zero-shot)")
+    out = {}
+    if pairs is not None:
+        out.update(retrieval(model, tokenizer, pairs, preset, device))
+    if labelled is not None:
+        prompts = prompts_for(dataset, labelled.classes)
+        out.update(zero_shot(model, tokenizer, labelled.test.images, labelled.test.labels, labelled.classes,
+                             prompts, preset, device, labelled.task))
+    return out
+
+
+def format_evaluation(results: dict[str, dict]) -> str:
+    """A table: one row per model, Recall@K both ways and zero-shot AUC (the columns present)."""
+    keys = [k for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
+                        "zeroshot_auc", "zeroshot_acc") if k in next(iter(results.values()))]
+    width = max(len(n) for n in results) + 2
+    lines = [f"{'model':<{width}}" + "".join(f"{k.replace('zeroshot_', 'zero-shot '):>15}" for k in keys)]
+    for name, r in results.items():
+        lines.append(f"{name:<{width}}" + "".join(f"{r[k]:>15.3f}" for k in keys))
+    return "\n".join(lines)

@@ -205,10 +205,12 @@ def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str) ->
 
 def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = None, fraction: float = 0.01, *,
              epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-             device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True) -> dict:
+             device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True,
+             keep_model: bool = False) -> dict:
     """Fine-tune E_v + linear head on a fraction of the training labels; every weight is trained.
 
-    The model with the best validation metric is kept and scored once on the test split.
+    The model with the best validation metric is kept and scored once on the test split (and
+    returned under "model", on the CPU, with ``keep_model``).
     BCE for multi-label (macro AUC), cross entropy for multi-class (accuracy).
     """
     cfg = copy.deepcopy(preset.finetune)
@@ -257,10 +259,13 @@ def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = No
             best = {"val": val, "epoch": epoch + 1, "state": copy.deepcopy(net.state_dict())}
     net.load_state_dict(best["state"])
     test = score(data.metric, *predict(net, eval_loaders["test"], dev, data.task))
-    return {"dataset": data.name, "metric": data.metric, "fraction": fraction, "n_train": len(idx),
-            "init": "pretrained" if encoder_state is not None else "random", "best_epoch": best["epoch"],
-            f"val_{data.metric}": best["val"], f"test_{data.metric}": test, "lr": lr, "epochs": epochs,
-            "history": history}
+    result = {"dataset": data.name, "metric": data.metric, "fraction": fraction, "n_train": len(idx),
+              "init": "pretrained" if encoder_state is not None else "random", "best_epoch": best["epoch"],
+              f"val_{data.metric}": best["val"], f"test_{data.metric}": test, "lr": lr, "epochs": epochs,
+              "history": history}
+    if keep_model:
+        result["model"] = net.cpu().eval()
+    return result
 
 
 def _take(images, idx: np.ndarray):

@@ -186,3 +186,82 @@ def similarity_widget(sims: dict[str, torch.Tensor], reports: list[str]):
     return w.interactive(draw, model=w.Dropdown(options=list(sims), description="model"),
                          image=w.IntSlider(0, 0, min(len(reports), sims[next(iter(sims))].shape[0]) - 1,
                                            description="image"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where does the encoder look? (maps from `cmitm_lib.saliency`, regions from `cmitm_lib.data.regions`)
+# ---------------------------------------------------------------------------------------------
+def _overlay(ax, image, smap, mask=None, title: str = ""):
+    _gray(ax, image, title)
+    if smap is not None:
+        ax.imshow(smap / smap.max(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    if mask is not None and mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+
+
+def saliency_figure(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray | None = None,
+                    title: str = "radiograph"):
+    """The radiograph (ground-truth region outlined in white), then each named map over it."""
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.4 * (1 + len(maps)), 2.6), squeeze=False)
+    _overlay(axes[0, 0], image, None, mask, title)
+    for ax, (name, smap) in zip(axes[0, 1:], maps.items()):
+        inside = f", {smap[mask].sum() / smap.sum():.0%} inside" if mask is not None and mask.any() else ""
+        _overlay(ax, image, smap, mask, f"{name}{inside}")
+    fig.tight_layout()
+    return fig
+
+
+def overlap_figure(overlaps: dict[str, dict[str, dict]]):
+    """Share of the map's mass inside the finding region, per finding, one bar per model; the black
+    tick is the region's share of the image (what a uniform map would put inside)."""
+    findings = list(next(iter(overlaps.values())))
+    x = np.arange(len(findings))
+    width = 0.8 / len(overlaps)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(findings), 3))
+    for i, (name, per_finding) in enumerate(overlaps.items()):
+        pos = x + i * width
+        ax.bar(pos, [per_finding[f]["mass"] for f in findings], width, label=name)
+        ax.scatter(pos, [per_finding[f]["area"] for f in findings], marker="_", s=300, c="k", zorder=3,
+                   label="chance (region area)" if i == 0 else None)
+    ax.set_xticks(x + width * (len(overlaps) - 1) / 2, findings)
+    ax.set_ylabel("map mass inside region")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def saliency_widget(cases: dict, explainers: dict, findings: list[str] | None = None):
+    """Dropdowns for a case (those with a finding), a finding and a model; the map is drawn into an
+    Output widget when a choice changes (and once for the first choice).
+
+    ``cases``: `saliency.synth_cases(...)`; ``explainers``: name -> explain(images, finding)
+    (`saliency.classifier_explainer`, `saliency.similarity_explainer`)."""
+    import ipywidgets as w
+
+    from .saliency import to_pixels
+
+    findings = findings or cases["findings"]
+    options = [(f"case {cases['index'][i]}: " + ", ".join(f for k, f in enumerate(cases["findings"])
+                                                        if cases["labels"][i, k] and f in findings), i)
+               for i in range(len(cases["images"])) if any(cases["labels"][i, cases["findings"].index(f)] for f in findings)]
+    if not options:
+        raise ValueError("none of the cases has one of the findings; pass more cases")
+    case = w.Dropdown(options=options, description="case")
+    finding = w.Dropdown(options=findings, description="finding")
+    model = w.Dropdown(options=list(explainers), description="model")
+    out = w.Output()
+
+    def draw(_=None):
+        i, name = case.value, finding.value
+        smap = to_pixels(explainers[model.value](cases["images"][i : i + 1], name), cases["images"].shape[-1])[0]
+        fig = saliency_figure(cases["images"][i], {f"{model.value}: {name}": smap}, cases["regions"][i][name],
+                              f"case {cases['index'][i]}")
+        out.clear_output(wait=True)
+        with out:
+            _show(fig)
+
+    for control in (case, finding, model):
+        control.observe(draw, names="value")
+    draw()
+    return w.VBox([w.HBox([case, finding, model]), out])
