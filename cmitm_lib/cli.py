@@ -179,11 +179,11 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     from . import experiment as ex
 
     scale = "quick" if args.quick else args.scale
-    names = list(ex.EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    names = [n for n in ex.EXPERIMENTS if n != "calibration"] if args.experiment == "all" else [args.experiment]
     command = "cmitm " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cmitm") else \
         f"cmitm experiment {args.experiment} --scale {scale}"
     for name in names:
-        rows = ex.run(name, scale, args.seeds, args.out, args.protocol, args.device)
+        rows = ex.run(name, scale, args.seeds, args.out, args.protocol, args.device, fractions=args.fractions)
         paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
         print(Path(paths["markdown"]).read_text())
         print("written: " + ", ".join(paths.values()))
@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="runs/finetune")
     p.set_defaults(func=finetune_cmd)
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
-    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "all"))
+    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "all"),
+                   help="calibration: random init at 1/10/100%% on every task (use with --protocol finetune)")
     p.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
     p.add_argument("--scale", default="full", choices=("smoke", "quick", "full"),
                    help="smoke: seconds, numbers meaningless; quick: 1 seed; full: the tiny preset, 3 seeds")
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
     p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")
+    p.add_argument("--fractions", type=float, nargs="+", default=None,
+                   help="label fractions instead of the experiment's (e.g. 0.01 to fine-tune on a CPU)")
     p.add_argument("--docs", default="", help="also write this markdown file (e.g. docs/results.md)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=experiment_cmd)

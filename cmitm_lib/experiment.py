@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Preset, check_choice, check_positive_int, get_preset
+from .config import Preset, check_choice, check_fraction, check_positive_int, get_preset
 from .paths import resolve
 
 # name -> (label, recipe). A recipe is a tuple of (stage, options); options: mask_ratio,
@@ -53,11 +53,14 @@ EXPERIMENTS = {  # name -> methods, tasks, fractions (the paper's choices for ea
     "table2": (("cmitm", "joint", "no_mask", "no_rep"), ("synth-rsna", "synth-covidx"), (0.01,)),
     "fig2": (("mrm", "ccl", "cmitm"), ("synth-rsna", "synth-covidx"), (0.01,)),
     "fig3": (tuple(f"cmitm_m{r:g}" for r in FIG3_RATIOS), ("synth-rsna", "synth-covidx"), (0.01,)),
+    # the benchmark's difficulty: random init at every fraction (run it with protocol="finetune")
+    "calibration": (("random",), ALL_TASKS, (0.01, 0.1, 1.0)),
 }
 # scale -> (seeds, preset changes). "full" is the tiny preset as it is.
 SCALES = {
-    "smoke": (1, {"n_pretrain": 256, "n_heldout": 64, "n_finetune": (400, 100, 200), "stage1": 1, "stage2": 1}),
-    "quick": (1, {"n_pretrain": 2000, "stage1": 3, "stage2": 2}),
+    "smoke": (1, {"n_pretrain": 256, "n_heldout": 64, "n_finetune": (400, 100, 200), "stage1": 1, "stage2": 1,
+                  "finetune": 1}),
+    "quick": (1, {"n_pretrain": 2000, "stage1": 3, "stage2": 2, "finetune": 5}),
     "full": (3, {}),
 }
 PROTOCOLS = ("linear", "finetune")
@@ -71,7 +74,7 @@ def scaled_preset(scale: str, base: Preset | None = None) -> Preset:
     for key in ("n_pretrain", "n_heldout", "n_finetune"):
         if key in changes:
             setattr(p.data, key, changes[key])
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1", "stage2", "finetune"):
         if stage in changes:
             getattr(p, stage).epochs = changes[stage]
     return p
@@ -231,6 +234,11 @@ def _fill_proba(clf, x, n_classes):
 # ------------------------------------------------------------------ the grid
 
 
+def _image_set(task: str) -> str:
+    """synth, synth-chexpert and synth-rsna share their images; synth-covidx has its own."""
+    return "covidx" if task == "synth-covidx" else "stream"
+
+
 def _row_key(row: dict) -> tuple:
     return (row["method"], row["task"], row["fraction"], row["seed"], row["protocol"], row["scale"])
 
@@ -243,11 +251,13 @@ def read_results(out: Path) -> list[dict]:
 
 
 def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
-        protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print) -> list[dict]:
+        protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print,
+        fractions: tuple[float, ...] | None = None) -> list[dict]:
     """Train what is missing and evaluate every (method, task, fraction, seed) of ``experiment``.
 
     Returns the rows of this experiment (old and new). ``seeds`` defaults to the scale's (smoke and
-    quick 1, full 3). ``preset`` replaces the tiny preset as the base (tests pass a smaller one).
+    quick 1, full 3). ``preset`` replaces the tiny preset as the base (tests pass a smaller one);
+    ``fractions`` replaces the experiment's label fractions (e.g. (0.01,) for fine-tuning on a CPU).
     """
     from .data import load_finetune
     from .train import fraction_indices
@@ -260,7 +270,10 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     out = resolve(out) / scale
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
-    methods, tasks, fractions = EXPERIMENTS[experiment]
+    methods, tasks, default_fractions = EXPERIMENTS[experiment]
+    fractions = tuple(default_fractions if fractions is None else fractions)
+    for f in fractions:
+        check_fraction("fractions", f)
     done = {_row_key(r) for r in read_results(out)}
     data = {}
     t_start = time.perf_counter()
@@ -278,14 +291,18 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
                 d = data[task]
                 t0 = time.perf_counter()
                 if protocol == "linear":
-                    key = "covidx" if task == "synth-covidx" else "stream"  # the other three share images
-                    if key not in feats:
-                        feats[key] = {s: encoder_features(state, getattr(d, s).images, preset, seed, device)
-                                      for s in ("train", "val", "test")}
+                    key = _image_set(task)
+                    if key not in feats:  # embed only the training images some fraction needs
+                        need = np.unique(np.concatenate([fraction_indices(len(d.train), f, seed)
+                                                         for t, f in todo if _image_set(t) == key]))
+                        feats[key] = {"need": need, "train": encoder_features(
+                            state, d.train.images[need], preset, seed, device)}
+                        feats[key].update({s: encoder_features(state, getattr(d, s).images, preset, seed, device)
+                                           for s in ("val", "test")})
                     f = feats[key]
                     idx = fraction_indices(len(d.train), fraction, seed)
-                    r = linear_probe(f["train"][idx], d.train.labels[idx], f["val"], d.val.labels,
-                                     f["test"], d.test.labels, d.task, d.metric)
+                    r = linear_probe(f["train"][np.searchsorted(f["need"], idx)], d.train.labels[idx], f["val"],
+                                     d.val.labels, f["test"], d.test.labels, d.task, d.metric)
                     extra = {"C": r["C"], "n_train": len(idx)}
                 else:
                     from .train import finetune
@@ -332,6 +349,42 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def compare(rows: list[dict], a: str, b: str) -> list[dict]:
+    """Method ``a`` minus method ``b`` per task and fraction, paired by seed (metric x 100).
+
+    ``verdict`` is "a > b" / "a < b" when the 95% CI of the paired differences excludes 0,
+    "no clear difference" when it does not, and "one seed: no CI" with a single seed.
+    """
+    by = {(r["method"], r["task"], r["fraction"], r["seed"]): 100 * r["test"] for r in rows}
+    out = []
+    for task in ALL_TASKS:
+        for fraction in sorted({r["fraction"] for r in rows}):
+            seeds = sorted(s for (m, t, f, s) in by if m == a and t == task and f == fraction
+                           and (b, task, fraction, s) in by)
+            if not seeds:
+                continue
+            diff = np.array([by[(a, task, fraction, s)] - by[(b, task, fraction, s)] for s in seeds])
+            ci = t_quantile(len(diff)) * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+            if len(diff) < 2:
+                verdict = "one seed: no CI"
+            elif abs(diff.mean()) > ci:
+                verdict = f"{a} > {b}" if diff.mean() > 0 else f"{a} < {b}"
+            else:
+                verdict = "no clear difference"
+            out.append({"task": task, "fraction": fraction, "a": a, "b": b, "n": len(diff),
+                        "diff": float(diff.mean()), "ci95": float(ci), "verdict": verdict})
+    return out
+
+
+def comparison_table(comparisons: list[dict]) -> str:
+    lines = ["| task | labels | comparison | difference x 100 | verdict |", "|---|---|---|---|---|"]
+    for c in comparisons:
+        ci = "" if math.isnan(c["ci95"]) else f" ± {c['ci95']:.1f}"
+        lines.append(f"| {c['task']} | {c['fraction']:.0%} | {c['a']} - {c['b']} | {c['diff']:+.1f}{ci} | "
+                     f"{c['verdict']} |")
+    return "\n".join(lines)
+
+
 def _cell(s: dict) -> str:
     return f"{s['mean']:.1f}" if s["n"] < 2 else f"{s['mean']:.1f} ± {s['ci95']:.1f}"
 
@@ -374,28 +427,66 @@ def plot(summary: list[dict], rows: list[dict], title: str = ""):
     return fig
 
 
+def examples_figure(data, per_class: int = 4):
+    """A few training images of each class of a task (multi-label: images with that finding)."""
+    import matplotlib.pyplot as plt
+
+    k = len(data.classes)
+    fig, axes = plt.subplots(k, per_class, figsize=(1.3 * per_class, 1.35 * k), squeeze=False)
+    for row, name in enumerate(data.classes):
+        idx = np.flatnonzero(data.train.labels[:, row] == 1)[:per_class]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(idx):
+                ax.imshow(data.train.images[idx[col]], cmap="gray", vmin=0, vmax=255)
+        axes[row][0].set_title(name, fontsize=8, loc="left")
+    fig.suptitle(f"{data.name}: training images per class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def write_report(experiment: str, rows: list[dict], out: str | Path, command: str) -> dict:
     """results_<experiment>.csv, summary JSON, plot PNG and a markdown section; returns their paths."""
     import pandas as pd
 
     out = resolve(out)
     summary = summarize(rows)
-    paths = {"csv": out / f"{experiment}_results.csv", "summary": out / f"{experiment}_summary.json",
-             "plot": out / f"{experiment}.png", "markdown": out / f"{experiment}.md"}
+    protocols = sorted({r["protocol"] for r in rows})
+    name = experiment if protocols == ["linear"] else f"{experiment}_{'_'.join(protocols)}"
+    paths = {"csv": out / f"{name}_results.csv", "summary": out / f"{name}_summary.json",
+             "plot": out / f"{name}.png", "markdown": out / f"{name}.md"}
     pd.DataFrame(rows).to_csv(paths["csv"], index=False)
     paths["summary"].write_text(json.dumps(summary, indent=2))
-    fig = plot(summary, rows, f"{experiment}: test metric x 100 (mean, 95% CI over seeds)")
+    fig = plot(summary, rows, f"{name}: test metric x 100 (mean, 95% CI over seeds)")
     fig.savefig(paths["plot"], dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     seeds = sorted({r["seed"] for r in rows})
     paths["markdown"].write_text(
-        f"### {experiment}\n\nCommand: `{command}`  \nSeeds: {len(seeds)}; protocol: "
+        f"### {name}\n\nCommand: `{command}`  \nSeeds: {len(seeds)}; protocol: "
         f"{', '.join(sorted({r['protocol'] for r in rows}))}; results: `{paths['csv'].name}` "
         f"({len(rows)} rows). Metric x 100, mean ± 95% CI half-width (Student t) over seeds.\n\n"
-        + markdown_table(summary) + "\n")
+        + markdown_table(summary) + "\n" + _claims_markdown(experiment, rows))
     return {k: str(v) for k, v in paths.items()}
+
+
+CLAIMS = {  # experiment -> (a, b) pairs the paper claims a > b for
+    "table1": (("cmitm", "random"), ("cmitm", "mae"), ("cmitm", "mrm"), ("cmitm", "clip"), ("mae", "random")),
+    "table2": (("cmitm", "joint"), ("cmitm", "no_mask"), ("cmitm", "no_rep")),
+    "fig2": (("cmitm", "mrm"), ("cmitm", "ccl")),
+    "fig3": tuple(("cmitm_m0.75", f"cmitm_m{r:g}") for r in FIG3_RATIOS if r != 0.75),
+    "calibration": (),
+}
+
+
+def _claims_markdown(experiment: str, rows: list[dict]) -> str:
+    comparisons = [c for a, b in CLAIMS[experiment] for c in compare(rows, a, b)]
+    if not comparisons:
+        return ""
+    return ("\nThe paper's claims, paired by seed (95% CI of the difference; a claim holds only where "
+            "the CI excludes 0):\n\n" + comparison_table(comparisons) + "\n")
 
 
 def pretrain_seconds(out: str | Path) -> dict[str, float]:
@@ -427,7 +518,7 @@ def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
         f"{s1['batch_size']}. Downstream: train / val / test = {tuple(d['n_finetune'])} studies per task, from the "
         "downstream acquisition domain (see `cmitm_lib/data/tasks.py`).\n",
     ]
-    for name in EXPERIMENTS:
+    for name in [f"{e}{suffix}" for e in EXPERIMENTS for suffix in ("", "_finetune")]:
         md = out / f"{name}.md"
         if md.is_file():
             parts.append(md.read_text())
