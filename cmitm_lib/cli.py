@@ -71,26 +71,37 @@ def demo(args: argparse.Namespace) -> dict:
 
 def pretrain_cmd(args: argparse.Namespace) -> None:
     """One pre-training stage; starts from --checkpoint-in when given (stage 2 reads stage 1's)."""
+    from . import resume
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_pretrain
-    from .text import pretrained_tokenizer, train_tokenizer
+    from .text import load_tokenizer, pretrained_tokenizer, save_tokenizer, train_tokenizer
     from .train import build_model, pretrain, retrieval
 
     stage = {"1": "stage1", "2": "stage2", "joint": "joint"}[args.stage]
     check_parameters(preset=args.preset, dataset=args.dataset, device=args.device,
+                     checkpoint_every=args.checkpoint_every, resume=args.resume,
                      **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                           ("mask_ratio", args.mask_ratio)) if v is not None})
+    out = resolve(args.checkpoint_out)
+    if args.resume:
+        resume.find(out)  # fail before any data is loaded
     preset = get_preset(args.preset)
     train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed)
     if args.checkpoint_in:
         model, tokenizer, preset, _ = load_checkpoint(args.checkpoint_in, expect_preset=args.preset)
     else:
-        tokenizer = (pretrained_tokenizer(resolve(args.tokenizer)) if args.tokenizer
+        tokenizer = (load_tokenizer(out / "tokenizer.json") if args.resume and (out / "tokenizer.json").is_file()
+                     else pretrained_tokenizer(resolve(args.tokenizer)) if args.tokenizer
                      else train_tokenizer(train_pairs.reports, preset.model.vocab_size))
         model = build_model(preset, tokenizer)
+    checkpoint_dir = out if args.checkpoint_every or args.resume else None
+    if checkpoint_dir is not None and not args.resume and distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(tokenizer, out / "tokenizer.json")  # a resumed run reads the same vocabulary
     history = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, mask_ratio=args.mask_ratio, device=args.device, seed=args.seed,
-                       num_workers=args.num_workers)
+                       num_workers=args.num_workers, checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume)
     if not distributed.is_main():  # under torchrun rank 0 evaluates and saves
         distributed.cleanup()
         return
@@ -226,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-out", required=True, help="folder to write the checkpoint to")
     p.add_argument("--tokenizer", default="", help="local BERT folder (tokenizer.json or vocab.txt) to use "
                    "instead of a WordPiece vocabulary trained on the reports")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="N > 0: write a resume checkpoint "
+                   "(--checkpoint-out/resume.safetensors) every N steps and at the end of each epoch")
+    p.add_argument("--resume", action="store_true", help="continue the run from --checkpoint-out/resume.safetensors "
+                   "(mid-epoch included; same flags, --lr may change)")
     p.set_defaults(func=pretrain_cmd)
     p = sub.add_parser("finetune", help="fine-tune E_v + linear head at label fractions")
     _common(p)

@@ -195,7 +195,8 @@ def check_parameters(**params: Any) -> None:
     """Check a notebook's or command's parameters up front, before any data is made or read.
 
     Knows: preset, dataset (pre-training or fine-tuning names), epochs, batch_size, lr, mask_ratio,
-    fraction(s), device. Unknown names are an error too, so a typo cannot pass unnoticed.
+    fraction(s), device, checkpoint_every, resume. Unknown names are an error too, so a typo cannot
+    pass unnoticed.
     """
     from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS
 
@@ -210,6 +211,13 @@ def check_parameters(**params: Any) -> None:
             check_positive_int(name, value)
         elif name in ("lr",):
             check_positive(name, value)
+        elif name == "checkpoint_every":
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"checkpoint_every={value!r} must be an integer >= 0 (steps between resume "
+                                 f"checkpoints; 0: at the end of each epoch only)")
+        elif name == "resume":
+            if not isinstance(value, bool):
+                raise ValueError(f"resume={value!r} must be True or False")
         elif name == "mask_ratio":
             check_ratio(name, value)
         elif name == "fractions":

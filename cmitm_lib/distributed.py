@@ -8,7 +8,9 @@ calls them unconditionally.
 How the global batch is split, and what the contrastive loss sees
 -----------------------------------------------------------------
 - ``batch_size`` is the *global* batch (the paper's 256 = 4 GPUs x 64). Each rank loads
-  ``per_rank_batch(batch_size)`` pairs through its own `distributed_sampler` shard.
+  ``per_rank_batch(batch_size)`` pairs: `train.pretrain` uses `resume.EpochBatches` (global batch b
+  of a seeded per-epoch order, split into equal slices by rank, restartable mid-epoch); the
+  `distributed_sampler` shard below is the plain PyTorch alternative.
 - `losses.info_nce` all-gathers the image and text embeddings of every rank with
   ``torch.distributed.nn.functional.all_gather`` (which keeps the gradient path), so each rank's
   logits are (local B) x (global B): every pair of the global batch is a negative for every other.
@@ -33,6 +35,8 @@ How the global batch is split, and what the contrastive loss sees
   require gradients when it is built, so re-wrap for each stage. Every trainable parameter gets a
   gradient in every stage, hence no ``find_unused_parameters``.
 - Call ``sampler.set_epoch(epoch)`` at the start of each epoch, or every epoch sees the same order.
+- Resume checkpoints (`resume`) are written by rank 0 and read by every rank; each rank's running
+  loss sums are gathered into them (`all_gather_floats`), so a resumed run's history is exact too.
 """
 from __future__ import annotations
 
@@ -110,6 +114,17 @@ def all_reduce_mean(value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() / dist.get_world_size()
+
+
+def all_gather_floats(values: list[float]) -> list[list[float]]:
+    """Every rank's list of Python numbers (same length on all ranks), indexed by rank."""
+    if not _active() or dist.get_world_size() == 1:
+        return [[float(v) for v in values]]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.tolist() for o in out]
 
 
 def per_rank_batch(global_batch: int, world_size: int | None = None) -> int:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import json
 import math
 import random
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from . import distributed
+from . import resume as resume_lib
 from .config import Preset, check_choice, check_fraction, check_positive, check_positive_int, check_ratio
 from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset
 from .evaluate import recall_at_k, score, similarity
@@ -89,7 +94,9 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str, *, epochs: int | None = None,
              batch_size: int | None = None, lr: float | None = None, mask_ratio: float | None = None,
-             device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True) -> list[dict]:
+             device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True,
+             checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
+             resume: bool | str | Path = False) -> list[dict]:
     """Train ``model`` in place with the objective of ``stage``; returns one dict of means per epoch.
 
     stage1: L_r = L_vr + L_tr (E_v, D_v, E_t, D_t train); stage2: L_c (E_v, E_t, D_r, h_v, h_t train;
@@ -99,6 +106,13 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     Under torchrun ``batch_size`` is the global batch: each of the W processes loads batch_size / W
     pairs and the contrastive loss sees all batch_size (no gradient accumulation); the returned
     means are averaged over processes.
+
+    Resume (see `resume`): with ``checkpoint_dir`` a checkpoint (``resume.safetensors``) is written
+    after every ``checkpoint_every``-th step (0: none mid-epoch) and at the end of each epoch;
+    ``resume=True`` continues from ``checkpoint_dir``'s checkpoint (``resume=path``: from that one),
+    mid-epoch included, to the weights an uninterrupted run reaches. Only ``lr`` may differ on
+    resume (e.g. lower after a non-finite loss). A non-finite loss raises FloatingPointError naming
+    the last good checkpoint, which is never overwritten by a non-finite state.
     """
     check_choice("stage", stage, STAGES)
     cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)  # mae, joint: stage 1's
@@ -112,52 +126,124 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     check_ratio("mask_ratio", cfg.mask_ratio, allow_zero=(stage != "stage1"))
     if len(data) < cfg.batch_size:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training pairs")
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 0):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 0 "
+                         f"(steps between checkpoints; 0: at epoch ends only)")
+    if resume is True and checkpoint_dir is None:
+        raise ValueError("resume=True continues the checkpoint in checkpoint_dir; pass checkpoint_dir "
+                         "(or resume=<path of a resume.safetensors>)")
     rank, world, local_rank = distributed.init_distributed()
     dev = distributed.local_device(local_rank, device)
-    per_rank = distributed.per_rank_batch(cfg.batch_size, world)
-    seed_everything(seed + rank)  # different masks and crops on each rank
-    dataset = PairDataset(data, preset.data, preset.model)
-    sampler = distributed.distributed_sampler(dataset, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
-                        drop_last=True, num_workers=num_workers, pin_memory=dev.type == "cuda",
-                        collate_fn=PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio),
-                        persistent_workers=num_workers > 0)
+    distributed.per_rank_batch(cfg.batch_size, world)  # checks that the global batch splits evenly
+    seed_everything(seed + rank)
+    # data order from (seed, epoch); crops, word masks, image masks and dropout seeded per batch
+    sampler = resume_lib.EpochBatches(len(data), cfg.batch_size, seed, rank, world)
+    dataset = resume_lib.SeededBatches(PairDataset(data, preset.data, preset.model),
+                                       PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio))
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=resume_lib.as_is, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda", persistent_workers=num_workers > 0)
     model.to(dev).train()
     set_trainable(model, stage)  # before wrap_ddp: DDP registers the trainable parameters
     net = distributed.wrap_ddp(model, dev)
     opt = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, cfg.betas)
-    total = cfg.epochs * len(loader)
+    per_epoch = sampler.batches
+    total = cfg.epochs * per_epoch
     sched = warmup_cosine(opt, total, int(cfg.warmup * total))
-    history = []
-    bar = tqdm(total=total, desc=f"{stage}", disable=not (progress and distributed.is_main()))
-    for epoch in range(cfg.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        sums, n, t0 = {}, 0, time.perf_counter()
+    run = json.loads(json.dumps({"stage": stage, "seed": seed, "world_size": world, "pairs": len(data),
+                                 "config": dataclasses.asdict(cfg)}))
+    history, epoch0, batch0, sums0, seconds0, last_good = [], 0, 0, {}, 0.0, None
+    if resume:
+        last_good = resume_lib.find(checkpoint_dir if resume is True else resume)
+        state = resume_lib.load(last_good, model, opt, sched)
+        _check_same_run(state["run"], run, last_good)
+        if state["run"]["config"]["lr"] != cfg.lr:
+            _set_peak_lr(opt, sched, cfg.lr)
+        history, (epoch0, batch0) = state["history"], state["position"]
+        sums0, seconds0 = state["sums"][rank], state["seconds"]
+    elif checkpoint_dir is not None and resume_lib.checkpoint_path(checkpoint_dir).exists():
+        warnings.warn(f"{resume_lib.checkpoint_path(checkpoint_dir)} exists and will be overwritten by this new "
+                      f"run; pass resume=True (--resume) to continue it instead", stacklevel=2)
+
+    def write(epoch: int, done: int, sums: dict, seconds: float, step: int) -> Path:
+        """Checkpoint after ``done`` batches of ``epoch`` (``step`` in all); only finite weights."""
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise FloatingPointError(_nonfinite(stage, "the weights", epoch + 1, done, per_epoch, step, total,
+                                                sched.get_last_lr()[0], last_good))
+        position = [epoch, done] if done < per_epoch else [epoch + 1, 0]
+        keys = list(sums)  # every rank's running sums of the epoch, so that its means stay exact
+        sums = [dict(zip(keys, row)) for row in distributed.all_gather_floats([sums[k] for k in keys])]
+        path = resume_lib.checkpoint_path(checkpoint_dir)
+        if distributed.is_main():
+            resume_lib.save(path, model, opt, sched, {"run": run, "position": position, "step": step,
+                                                      "sums": sums, "seconds": seconds, "history": history})
+        return path
+
+    step = epoch0 * per_epoch + batch0
+    bar = tqdm(total=total, initial=step, desc=f"{stage}", disable=not (progress and distributed.is_main()))
+    for epoch in range(epoch0, cfg.epochs):
+        b = batch0 if epoch == epoch0 else 0
+        sums, seconds = (dict(sums0), seconds0) if epoch == epoch0 else ({}, 0.0)
+        sampler.set_epoch(epoch, start=b)
+        t0 = time.perf_counter()
         for batch in loader:
+            torch.manual_seed(resume_lib.derive_seed(seed, epoch, b, rank, 1))  # image masks, dropout
             batch = _to(batch, dev)
             with autocast(dev):
                 out = net(batch, stage, cfg.mask_ratio, cfg.temperature)
             if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(f"{stage} loss became {out['loss'].item()} at epoch {epoch + 1}; "
-                                         f"lower lr (now {cfg.lr}) or check the data")
+                raise FloatingPointError(_nonfinite(stage, f"the loss ({out['loss'].item()})", epoch + 1, b + 1,
+                                                    per_epoch, step + 1, total, sched.get_last_lr()[0], last_good))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
             sched.step()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            n += 1
+            b, step = b + 1, step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss'].item():.3f}")
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, **{k: distributed.all_reduce_mean(v / n) for k, v in sums.items()},
+            if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0 and b < per_epoch:
+                last_good = write(epoch, b, sums, seconds + time.perf_counter() - t0, step)
+        seconds += time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, **{k: distributed.all_reduce_mean(v / per_epoch) for k, v in sums.items()},
                         "lr": sched.get_last_lr()[0], "seconds": seconds,
-                        "samples_per_s": n * cfg.batch_size / seconds})
+                        "samples_per_s": per_epoch * cfg.batch_size / seconds})
+        if checkpoint_dir is not None:
+            last_good = write(epoch, per_epoch, {}, 0.0, step)
     bar.close()
     if stage == "stage1":
         copy_decoder_embedding(model)
     return history
+
+
+def _nonfinite(stage, what, epoch, batch, per_epoch, step, total, lr, last_good) -> str:
+    """The FloatingPointError message; epoch, batch and step count from 1."""
+    where = (f"The last good checkpoint is {last_good}: resume from it with a lower lr "
+             f"(pretrain(..., resume=..., lr=...); cmitm pretrain ... --resume --lr ...)" if last_good else
+             "No checkpoint was written before it (pass checkpoint_dir / --checkpoint-every to keep one)")
+    return (f"{stage}: {what} became non-finite at epoch {epoch}, step {step} of {total} "
+            f"(batch {batch} of {per_epoch} in the epoch), lr {lr:.4g}. Lower lr or check the data. {where}.")
+
+
+def _check_same_run(saved: dict, now: dict, path) -> None:
+    """Resuming continues the same run: same stage, seed, processes, data size and stage config (lr aside)."""
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)])}
+    saved, now = flat(saved), flat(now)
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if k != "config.lr" and saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(diff)}); resume with the "
+                         f"same settings (only lr may change), or start a new run in another checkpoint_dir")
+
+
+def _set_peak_lr(opt, sched, lr: float) -> None:
+    """A new peak lr for the rest of a resumed run: the same warmup-cosine curve, scaled."""
+    sched.base_lrs = [lr] * len(sched.base_lrs)
+    for group, factor in zip(opt.param_groups, sched.lr_lambdas):
+        group["initial_lr"], group["lr"] = lr, lr * factor(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
 
 
 @torch.no_grad()

@@ -1,0 +1,194 @@
+"""Exact resume: a run killed mid-epoch (SIGKILL) and resumed reaches the uninterrupted run's weights;
+a non-finite loss stops the run and keeps the last good checkpoint.
+
+The interrupted run and its resumption are separate processes (tests/resume_worker.py), the reference
+runs in the test's process: CPU, one thread, deterministic algorithms, the micro preset, the joint
+objective (every module, dropout, masks, crops), 5 epochs of 6 steps, a checkpoint every 5 steps.
+"""
+import copy
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cmitm_lib import resume
+from cmitm_lib.checkpoint import save_checkpoint
+from cmitm_lib.cli import main as cli_main
+from cmitm_lib.train import build_model, pretrain
+
+HERE = Path(__file__).resolve().parent
+JOB = {"stage": "joint", "epochs": 5, "batch_size": 8, "lr": 1e-3, "seed": 7, "checkpoint_every": 5}
+PER_EPOCH = 48 // 8  # micro_pairs has 48 pairs
+
+
+def _worker(job_dir, name, *flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, str(HERE / "resume_worker.py"), str(job_dir), name, *flags], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=120):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+
+
+def _no_timings(history):
+    return [{k: v for k, v in h.items() if k not in ("seconds", "samples_per_s")} for h in history]
+
+
+@pytest.fixture
+def job_dir(tmp_path, micro_preset, micro_tokenizer, micro_pairs):
+    preset = copy.deepcopy(micro_preset)
+    torch.manual_seed(0)
+    model = build_model(preset, micro_tokenizer)
+    save_checkpoint(tmp_path / "init", model, preset, micro_tokenizer)
+    np.savez(tmp_path / "pairs.npz", images=micro_pairs.images)
+    (tmp_path / "job.json").write_text(json.dumps({**JOB, "reports": micro_pairs.reports,
+                                                   "patient_ids": micro_pairs.patient_ids}))
+    return tmp_path
+
+
+def _uninterrupted(job_dir):
+    """The reference run, in this process (while the worker starts), without checkpoints."""
+    spec = importlib.util.spec_from_file_location("resume_worker", HERE / "resume_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        worker.run(job_dir, "uninterrupted", checkpoints=False)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    assert not (job_dir / "uninterrupted" / resume.FILE).exists()
+
+
+def test_killed_and_resumed_run_reaches_the_uninterrupted_weights(job_dir):
+    killed = _worker(job_dir, "interrupted", "--sleep", "0.15")
+    _uninterrupted(job_dir)
+    ckpt = job_dir / "interrupted" / resume.FILE
+    deadline = time.time() + 120
+    while True:  # kill at the first mid-epoch checkpoint after the first epoch
+        assert killed.poll() is None, "the run ended before it could be killed:\n" + killed.communicate()[0][-3000:]
+        assert time.time() < deadline, "no mid-epoch checkpoint appeared"
+        if ckpt.exists():
+            epoch, batch = resume.describe(ckpt)["position"]
+            if epoch >= 1 and 0 < batch < PER_EPOCH:
+                break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=30)
+    assert killed.returncode == -signal.SIGKILL
+    state = resume.describe(ckpt)
+    epoch, batch = state["position"]
+    assert 0 < batch < PER_EPOCH and state["step"] == epoch * PER_EPOCH + batch < JOB["epochs"] * PER_EPOCH
+    assert len(state["history"]) == epoch and not (job_dir / "interrupted" / "final.safetensors").exists()
+
+    resumed = _worker(job_dir, "interrupted", "--resume")
+    _finish(resumed)
+    want = load_file(str(job_dir / "uninterrupted" / "final.safetensors"))
+    got = load_file(str(job_dir / "interrupted" / "final.safetensors"))
+    assert set(got) == set(want)
+    worst = max((got[k].double() - want[k].double()).abs().max().item() for k in want)
+    assert worst == 0.0 and all(torch.equal(got[k], want[k]) for k in want)
+    h_want = json.loads((job_dir / "uninterrupted" / "history.json").read_text())
+    h_got = json.loads((job_dir / "interrupted" / "history.json").read_text())
+    assert len(h_got) == JOB["epochs"] and _no_timings(h_got) == _no_timings(h_want)
+    # and the run really trained: the weights moved from the initial ones
+    init = load_file(str(job_dir / "init" / "model.safetensors"))
+    key = "image_encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(init[key], got[key])
+
+
+def test_data_order_is_a_function_of_seed_and_epoch_and_splits_over_ranks():
+    one = resume.EpochBatches(50, 8, seed=3)
+    one.set_epoch(2)
+    batches = list(one)
+    assert len(batches) == len(one) == 6  # 50 // 8, the partial batch dropped
+    again = resume.EpochBatches(50, 8, seed=3)
+    again.set_epoch(2, start=4)
+    assert list(again) == batches[4:] and len(again) == 2
+    other = resume.EpochBatches(50, 8, seed=3)
+    other.set_epoch(3)
+    assert [i for _, i in other] != [i for _, i in batches]
+    flat = [i for _, idx in batches for i in idx]
+    assert len(set(flat)) == 48
+    for r in range(2):  # two ranks: halves of the same global batches, with their own seeds
+        half = resume.EpochBatches(50, 8, seed=3, rank=r, world=2)
+        half.set_epoch(2)
+        assert [idx for _, idx in half] == [idx[4 * r:4 * r + 4] for _, idx in batches]
+    assert len({s for s, _ in batches}) == 6
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, micro_preset, micro_tokenizer,
+                                                                          micro_pairs):
+    p = copy.deepcopy(micro_preset)
+    torch.manual_seed(0)
+    model = build_model(p, micro_tokenizer)
+    calls = []
+
+    def poison(module, args, out):  # step 9 (epoch 2, batch 3) returns a NaN loss
+        calls.append(1)
+        return {**out, "loss": out["loss"] * float("nan")} if len(calls) == 9 else out
+
+    hook = model.register_forward_hook(poison)
+    ck = tmp_path / "ck"
+    with pytest.raises(FloatingPointError) as e:
+        pretrain(model, micro_tokenizer, micro_pairs, p, "joint", epochs=3, batch_size=8, lr=1e-3, progress=False,
+                 checkpoint_dir=ck, checkpoint_every=4)
+    msg = str(e.value)
+    for part in ("joint: the loss (nan) became non-finite", "epoch 2", "step 9 of 18", "batch 3 of 6", "lr ",
+                 f"The last good checkpoint is {ck / resume.FILE}", "--resume --lr"):
+        assert part in msg, (part, msg)
+    state = resume.describe(ck)
+    assert state["step"] == 8 and state["position"] == [1, 2] and len(state["history"]) == 1
+    assert not list(ck.glob("*.tmp"))
+    hook.remove()
+    # the kept checkpoint is loadable, finite, and a run resumes from it (here with a lower lr)
+    weights = load_file(str(ck / resume.FILE))
+    assert all(torch.isfinite(v).all() for k, v in weights.items() if k.startswith("model/"))
+    fresh = build_model(p, micro_tokenizer)
+    hist = pretrain(fresh, micro_tokenizer, micro_pairs, p, "joint", epochs=3, batch_size=8, lr=5e-4, progress=False,
+                    checkpoint_dir=ck, resume=True)
+    assert [h["epoch"] for h in hist] == [1, 2, 3] and resume.describe(ck)["step"] == 18
+    assert hist[1]["lr"] < 5e-4 and all(np.isfinite(h["loss"]) for h in hist)
+
+
+def test_no_checkpoint_without_finite_weights(tmp_path, micro_preset, micro_tokenizer, micro_pairs):
+    """An absurd lr: the first steps have a finite loss but blow the weights up; nothing is written."""
+    p = copy.deepcopy(micro_preset)
+    model = build_model(p, micro_tokenizer)
+    with pytest.raises(FloatingPointError, match=r"became non-finite at epoch 1, step \d+ of 6 .* lr \d"):
+        pretrain(model, micro_tokenizer, micro_pairs, p, "joint", epochs=1, batch_size=8, lr=1e30, progress=False,
+                 checkpoint_dir=tmp_path, checkpoint_every=1)
+    for f in tmp_path.glob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for k, v in load_file(str(f)).items() if k.startswith("model/"))
+
+
+def test_resume_errors_name_the_file_and_the_difference(tmp_path, micro_preset, micro_tokenizer, micro_pairs):
+    p = copy.deepcopy(micro_preset)
+    model = build_model(p, micro_tokenizer)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'ck' / resume.FILE} does not exist"):
+        pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", epochs=1, batch_size=16, progress=False,
+                 checkpoint_dir=tmp_path / "ck", resume=True)
+    pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", epochs=1, batch_size=16, progress=False,
+             checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(ValueError, match=r"another run \(config.batch_size: checkpoint 16, now 8\)"):
+        pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", epochs=1, batch_size=8, progress=False,
+                 checkpoint_dir=tmp_path / "ck", resume=True)
+    with pytest.raises(ValueError, match="pass checkpoint_dir"):
+        pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", batch_size=16, resume=True)
+    # the CLI checks before it loads any data
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'run' / resume.FILE} does not exist"):
+        cli_main(["pretrain", "--stage", "1", "--checkpoint-out", str(tmp_path / "run"), "--resume"])
