@@ -377,11 +377,22 @@ def compare(rows: list[dict], a: str, b: str) -> list[dict]:
 
 
 def comparison_table(comparisons: list[dict]) -> str:
-    lines = ["| task | labels | comparison | difference x 100 | verdict |", "|---|---|---|---|---|"]
-    for c in comparisons:
+    """Comparisons as rows, (task, fraction) as columns; a cell is the paired difference x 100 ± its
+    95% CI, marked ">" / "<" where the CI excludes 0 and "=" where it does not (blank mark: one seed)."""
+    marks = {"no clear difference": " =", "one seed: no CI": ""}
+    cols = sorted({(c["task"], c["fraction"]) for c in comparisons}, key=lambda c: (ALL_TASKS.index(c[0]), c[1]))
+    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comparisons))
+    cell = {(c["a"], c["b"], c["task"], c["fraction"]): c for c in comparisons}
+
+    def fmt(c):
         ci = "" if math.isnan(c["ci95"]) else f" ± {c['ci95']:.1f}"
-        lines.append(f"| {c['task']} | {c['fraction']:.0%} | {c['a']} - {c['b']} | {c['diff']:+.1f}{ci} | "
-                     f"{c['verdict']} |")
+        mark = marks.get(c["verdict"], " >" if c["diff"] > 0 else " <")
+        return f"{c['diff']:+.1f}{ci}{mark}"
+
+    lines = ["| comparison | " + " | ".join(f"{t} {f:.0%}" for t, f in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for a, b in pairs:
+        lines.append(f"| {a} - {b} | " + " | ".join(
+            fmt(cell[(a, b, t, f)]) if (a, b, t, f) in cell else "" for t, f in cols) + " |")
     return "\n".join(lines)
 
 
@@ -485,8 +496,8 @@ def _claims_markdown(experiment: str, rows: list[dict]) -> str:
     comparisons = [c for a, b in CLAIMS[experiment] for c in compare(rows, a, b)]
     if not comparisons:
         return ""
-    return ("\nThe paper's claims, paired by seed (95% CI of the difference; a claim holds only where "
-            "the CI excludes 0):\n\n" + comparison_table(comparisons) + "\n")
+    return ("\nThe paper's claims as paired differences (metric x 100, mean over seeds ± 95% CI; `>` or `<`: "
+            "the CI excludes 0, `=`: it does not, no mark: one seed):\n\n" + comparison_table(comparisons) + "\n")
 
 
 def pretrain_seconds(out: str | Path) -> dict[str, float]:
