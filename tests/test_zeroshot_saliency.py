@@ -154,7 +154,7 @@ def test_finetune_keeps_the_model_for_saliency(micro_preset, micro_pairs):
     labels[:, 1] = 1 - labels[:, 0]
     data = FinetuneData("toy", ["bright", "dark"], "multilabel", "auc",
                         LabelData(imgs, labels), LabelData(imgs[:24], labels[:24]), LabelData(imgs[24:], labels[24:]))
-    r = finetune(data, p, None, fraction=0.5, epochs=1, batch_size=16, progress=False, keep_model=True)
+    r = finetune(data, p, None, fraction=0.5, epochs=1, batch_size=64, progress=False, keep_model=True)
     explain = saliency.classifier_explainer(r["model"], p, data.classes)
     assert explain(imgs[:2], "dark").shape == (2, 4, 4)
 
