@@ -79,7 +79,7 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
 
     stage = {"1": "stage1", "2": "stage2", "joint": "joint"}[args.stage]
     check_parameters(preset=args.preset, dataset=args.dataset, device=args.device,
-                     checkpoint_every=args.checkpoint_every, resume=args.resume,
+                     checkpoint_every=args.checkpoint_every, resume=args.resume, accum_steps=args.accum_steps,
                      **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                           ("mask_ratio", args.mask_ratio)) if v is not None})
     out = resolve(args.checkpoint_out)
@@ -101,7 +101,7 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     history = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, mask_ratio=args.mask_ratio, device=args.device, seed=args.seed,
                        num_workers=args.num_workers, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume)
+                       checkpoint_every=args.checkpoint_every, resume=args.resume, accum_steps=args.accum_steps)
     if not distributed.is_main():  # under torchrun rank 0 evaluates and saves
         distributed.cleanup()
         return
@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(--checkpoint-out/resume.safetensors) every N steps and at the end of each epoch")
     p.add_argument("--resume", action="store_true", help="continue the run from --checkpoint-out/resume.safetensors "
                    "(mid-epoch included; same flags, --lr may change)")
+    p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation over k micro-batches of "
+                   "batch-size / k; each micro-batch's contrastive loss sees only its own pairs as negatives")
     p.set_defaults(func=pretrain_cmd)
     p = sub.add_parser("finetune", help="fine-tune E_v + linear head at label fractions")
     _common(p)

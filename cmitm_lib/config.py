@@ -195,8 +195,8 @@ def check_parameters(**params: Any) -> None:
     """Check a notebook's or command's parameters up front, before any data is made or read.
 
     Knows: preset, dataset (pre-training or fine-tuning names), epochs, batch_size, lr, mask_ratio,
-    fraction(s), device, checkpoint_every, resume. Unknown names are an error too, so a typo cannot
-    pass unnoticed.
+    fraction(s), device, checkpoint_every, resume, accum_steps. Unknown names are an error too, so a
+    typo cannot pass unnoticed.
     """
     from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS
 
@@ -207,7 +207,7 @@ def check_parameters(**params: Any) -> None:
             check_choice(name, value, PRETRAIN_DATASETS)
         elif name == "finetune_dataset":
             check_choice(name, value, FINETUNE_DATASETS)
-        elif name in ("epochs", "batch_size", "finetune_epochs"):
+        elif name in ("epochs", "batch_size", "finetune_epochs", "accum_steps"):
             check_positive_int(name, value)
         elif name in ("lr",):
             check_positive(name, value)

@@ -53,13 +53,15 @@ class EpochBatches(Sampler):
     The order is ``torch.randperm`` seeded from (seed, epoch); global batch b is the slice
     [b * batch_size, (b + 1) * batch_size) of it (the last partial batch is dropped) and rank r
     takes the r-th of its ``world`` equal parts. So global batch b holds the same pairs whatever the
-    number of processes. Yields (seed of the batch, indices) for `SeededBatches`.
+    number of processes. ``batches`` caps the batches per epoch (gradient accumulation keeps whole
+    optimizer steps). Yields (seed of the batch, indices) for `SeededBatches`.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 batches: int | None = None):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.per_rank = batch_size // world
-        self.batches = n // batch_size  # per epoch
+        self.batches = n // batch_size if batches is None else min(batches, n // batch_size)  # per epoch
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -96,7 +96,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
              batch_size: int | None = None, lr: float | None = None, mask_ratio: float | None = None,
              device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
-             resume: bool | str | Path = False) -> list[dict]:
+             resume: bool | str | Path = False, accum_steps: int = 1) -> list[dict]:
     """Train ``model`` in place with the objective of ``stage``; returns one dict of means per epoch.
 
     stage1: L_r = L_vr + L_tr (E_v, D_v, E_t, D_t train); stage2: L_c (E_v, E_t, D_r, h_v, h_t train;
@@ -104,8 +104,14 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     mae: L_vr alone (E_v, D_v; the image-only baseline).
     Arguments left as None take the preset's value for the stage.
     Under torchrun ``batch_size`` is the global batch: each of the W processes loads batch_size / W
-    pairs and the contrastive loss sees all batch_size (no gradient accumulation); the returned
-    means are averaged over processes.
+    pairs and the contrastive loss sees all batch_size; the returned means are averaged over processes.
+
+    Gradient accumulation: with ``accum_steps`` k > 1 one optimizer step sums the gradients of k
+    micro-batches of batch_size / k pairs (batch_size / (k W) per process), each loss divided by k.
+    That changes the objective: each micro-batch's InfoNCE sees only the batch_size / k pairs of its
+    own micro-batch as negatives (uniform loss 2 ln(batch_size / k), not 2 ln(batch_size)), and the
+    projection heads' BatchNorm normalises over micro-batches. The reconstruction losses average the
+    same as one big batch (up to L_tr's token-count weighting). Loss means are over micro-batches.
 
     Resume (see `resume`): with ``checkpoint_dir`` a checkpoint (``resume.safetensors``) is written
     after every ``checkpoint_every``-th step (0: none mid-epoch) and at the end of each epoch;
@@ -126,6 +132,10 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     check_ratio("mask_ratio", cfg.mask_ratio, allow_zero=(stage != "stage1"))
     if len(data) < cfg.batch_size:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training pairs")
+    check_positive_int("accum_steps", accum_steps)
+    if cfg.batch_size % accum_steps:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by accum_steps={accum_steps}; "
+                         f"choose a multiple of {accum_steps}")
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 0):
         raise ValueError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 0 "
                          f"(steps between checkpoints; 0: at epoch ends only)")
@@ -134,10 +144,12 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
                          "(or resume=<path of a resume.safetensors>)")
     rank, world, local_rank = distributed.init_distributed()
     dev = distributed.local_device(local_rank, device)
-    distributed.per_rank_batch(cfg.batch_size, world)  # checks that the global batch splits evenly
+    k = accum_steps
+    distributed.per_rank_batch(cfg.batch_size // k, world)  # checks that the micro-batch splits evenly
     seed_everything(seed + rank)
-    # data order from (seed, epoch); crops, word masks, image masks and dropout seeded per batch
-    sampler = resume_lib.EpochBatches(len(data), cfg.batch_size, seed, rank, world)
+    # data order from (seed, epoch); crops, word masks, image masks and dropout seeded per micro-batch
+    per_epoch = len(data) // cfg.batch_size  # optimizer steps per epoch
+    sampler = resume_lib.EpochBatches(len(data), cfg.batch_size // k, seed, rank, world, batches=per_epoch * k)
     dataset = resume_lib.SeededBatches(PairDataset(data, preset.data, preset.model),
                                        PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio))
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=resume_lib.as_is, num_workers=num_workers,
@@ -146,11 +158,10 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     set_trainable(model, stage)  # before wrap_ddp: DDP registers the trainable parameters
     net = distributed.wrap_ddp(model, dev)
     opt = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, cfg.betas)
-    per_epoch = sampler.batches
     total = cfg.epochs * per_epoch
     sched = warmup_cosine(opt, total, int(cfg.warmup * total))
     run = json.loads(json.dumps({"stage": stage, "seed": seed, "world_size": world, "pairs": len(data),
-                                 "config": dataclasses.asdict(cfg)}))
+                                 "accum_steps": k, "config": dataclasses.asdict(cfg)}))
     history, epoch0, batch0, sums0, seconds0, last_good = [], 0, 0, {}, 0.0, None
     if resume:
         last_good = resume_lib.find(checkpoint_dir if resume is True else resume)
@@ -183,29 +194,37 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     for epoch in range(epoch0, cfg.epochs):
         b = batch0 if epoch == epoch0 else 0
         sums, seconds = (dict(sums0), seconds0) if epoch == epoch0 else ({}, 0.0)
-        sampler.set_epoch(epoch, start=b)
+        sampler.set_epoch(epoch, start=b * k)
         t0 = time.perf_counter()
-        for batch in loader:
-            torch.manual_seed(resume_lib.derive_seed(seed, epoch, b, rank, 1))  # image masks, dropout
+        for i, batch in enumerate(loader, start=b * k):  # i: micro-batch of the epoch, b * k + i % k
+            torch.manual_seed(resume_lib.derive_seed(seed, epoch, i, rank, 1))  # image masks, dropout
+            last = i % k == k - 1  # the step's last micro-batch: DDP averages the gradients, AdamW steps
+            if i % k == 0:
+                opt.zero_grad(set_to_none=True)
             batch = _to(batch, dev)
-            with autocast(dev):
-                out = net(batch, stage, cfg.mask_ratio, cfg.temperature)
-            if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(_nonfinite(stage, f"the loss ({out['loss'].item()})", epoch + 1, b + 1,
-                                                    per_epoch, step + 1, total, sched.get_last_lr()[0], last_good))
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            with contextlib.nullcontext() if last or world == 1 else net.no_sync():
+                with autocast(dev):
+                    out = net(batch, stage, cfg.mask_ratio, cfg.temperature)
+                if not torch.isfinite(out["loss"]):
+                    micro = f", micro-batch {i % k + 1} of {k}" if k > 1 else ""
+                    raise FloatingPointError(_nonfinite(stage, f"the loss ({out['loss'].item()}{micro})", epoch + 1,
+                                                        b + 1, per_epoch, step + 1, total, sched.get_last_lr()[0],
+                                                        last_good))
+                (out["loss"] / k).backward()
+            for key, v in out.items():
+                sums[key] = sums.get(key, 0.0) + v.item()
+            if not last:
+                continue
             opt.step()
             sched.step()
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
             b, step = b + 1, step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss'].item():.3f}")
             if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0 and b < per_epoch:
                 last_good = write(epoch, b, sums, seconds + time.perf_counter() - t0, step)
         seconds += time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, **{k: distributed.all_reduce_mean(v / per_epoch) for k, v in sums.items()},
+        history.append({"epoch": epoch + 1,
+                        **{key: distributed.all_reduce_mean(v / (per_epoch * k)) for key, v in sums.items()},
                         "lr": sched.get_last_lr()[0], "seconds": seconds,
                         "samples_per_s": per_epoch * cfg.batch_size / seconds})
         if checkpoint_dir is not None:

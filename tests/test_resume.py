@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from cmitm_lib import resume
 from cmitm_lib.checkpoint import save_checkpoint
@@ -28,6 +29,15 @@ from cmitm_lib.train import build_model, pretrain
 HERE = Path(__file__).resolve().parent
 JOB = {"stage": "joint", "epochs": 5, "batch_size": 8, "lr": 1e-3, "seed": 7, "checkpoint_every": 5}
 PER_EPOCH = 48 // 8  # micro_pairs has 48 pairs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Micro models gain nothing from a second thread, and on a shared CPU lose much to it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _worker(job_dir, name, *flags):
@@ -63,13 +73,11 @@ def _uninterrupted(job_dir):
     spec = importlib.util.spec_from_file_location("resume_worker", HERE / "resume_worker.py")
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # one thread: the fixture above
     try:
         worker.run(job_dir, "uninterrupted", checkpoints=False)
     finally:
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     assert not (job_dir / "uninterrupted" / resume.FILE).exists()
 
@@ -192,3 +200,64 @@ def test_resume_errors_name_the_file_and_the_difference(tmp_path, micro_preset, 
     # the CLI checks before it loads any data
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'run' / resume.FILE} does not exist"):
         cli_main(["pretrain", "--stage", "1", "--checkpoint-out", str(tmp_path / "run"), "--resume"])
+
+
+def test_gradient_accumulation_steps_per_global_batch_with_micro_batch_negatives(monkeypatch, micro_preset,
+                                                                                micro_tokenizer, micro_pairs):
+    """accum_steps=2 at batch 16: forwards of 8 pairs, InfoNCE over 8 x 8 logits, 3 optimizer steps per
+    epoch (the schedule of batch 16), and a result different from one 16-pair step (other negatives)."""
+    import cmitm_lib.models as models
+
+    p = copy.deepcopy(micro_preset)
+    contrasted, steps = [], []
+    real_info_nce = models.info_nce
+    monkeypatch.setattr(models, "info_nce", lambda zv, zt, t: contrasted.append(zv.shape[0]) or real_info_nce(zv, zt, t))
+    handle = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        runs = {}
+        for k in (1, 2):
+            contrasted.clear()
+            steps.clear()
+            torch.manual_seed(0)
+            model = build_model(p, micro_tokenizer)
+            hist = pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", epochs=2, batch_size=16, lr=1e-3,
+                            progress=False, accum_steps=k)
+            runs[k] = (model, hist, list(contrasted), len(steps))
+    finally:
+        handle.remove()
+    assert runs[1][2] == [16] * 6 and runs[2][2] == [8] * 12  # the negatives: the (micro-)batch
+    assert runs[1][3] == runs[2][3] == 6  # 48 pairs / 16 per step, 2 epochs
+    assert [h["lr"] for h in runs[1][1]] == [h["lr"] for h in runs[2][1]]
+    w1, w2 = (dict(m.named_parameters())["image_proj.net.0.weight"] for m, *_ in (runs[1], runs[2]))
+    assert not torch.equal(w1, w2)
+    with pytest.raises(ValueError, match="batch_size=16 is not divisible by accum_steps=3"):
+        pretrain(runs[1][0], micro_tokenizer, micro_pairs, p, "stage2", batch_size=16, accum_steps=3)
+
+
+def test_resume_with_gradient_accumulation_is_exact(tmp_path, micro_preset, micro_tokenizer, micro_pairs):
+    """A run stopped by an exception mid-step (between micro-batches) and resumed ends on the same weights."""
+    p = copy.deepcopy(micro_preset)
+    args = dict(epochs=2, batch_size=16, lr=1e-3, progress=False, accum_steps=2, checkpoint_every=1)
+    torch.manual_seed(0)
+    init = build_model(p, micro_tokenizer).state_dict()
+    reference = build_model(p, micro_tokenizer)
+    reference.load_state_dict(init)
+    want = pretrain(reference, micro_tokenizer, micro_pairs, p, "joint", checkpoint_dir=tmp_path / "a", **args)
+    crashed = build_model(p, micro_tokenizer)
+    crashed.load_state_dict(init)
+    calls = []
+
+    def crash(*_):  # the 2nd micro-batch of step 5 (epoch 2, step 2 of 3) never finishes
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+
+    crashed.register_forward_hook(crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(crashed, micro_tokenizer, micro_pairs, p, "joint", checkpoint_dir=tmp_path / "b", **args)
+    assert resume.describe(tmp_path / "b")["position"] == [1, 1]
+    resumed = build_model(p, micro_tokenizer)
+    got = pretrain(resumed, micro_tokenizer, micro_pairs, p, "joint", checkpoint_dir=tmp_path / "b", resume=True, **args)
+    assert _no_timings(got) == _no_timings(want)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
