@@ -20,12 +20,12 @@ How the global batch is split, and what the contrastive loss sees
   where samples interact. `wrap_ddp` converts it to ``SyncBatchNorm`` on CUDA so the statistics are
   those of the global batch. ``SyncBatchNorm`` only runs on GPUs: on CPU (gloo, used by the tests)
   the statistics stay per rank and a warning says so.
-- No gradient accumulation: one optimizer step = one forward/backward over the global batch, so
-  the contrastive batch (the set of negatives) *is* the global batch. With accumulation over k
-  micro-batches each micro-batch's InfoNCE would only see its own global micro-batch
-  (``batch_size / k`` pairs) as negatives: a different, easier objective with a different uniform
-  loss 2 ln(B/k), not the paper's batch-256 loss. So reach 256 with more GPUs or a smaller
-  per-GPU footprint (bf16, masking already removes 75% of the image tokens), not with accumulation.
+- Gradient accumulation (``pretrain(accum_steps=k)``, ``--accum-steps k``) is there for fewer
+  GPUs, but it changes the objective: one optimizer step sums k micro-batches (DDP syncs only the
+  last, ``no_sync`` before), and each micro-batch's InfoNCE sees only its own global micro-batch
+  (``batch_size / k`` pairs) as negatives: an easier objective with uniform loss 2 ln(B/k), not
+  the paper's batch-256 loss. So prefer reaching 256 with more GPUs or a smaller per-GPU footprint
+  (bf16, masking already removes 75% of the image tokens); accumulate only when that is not enough.
   (Reconstruction losses are unaffected by accumulation, up to the token-count weighting below.)
 - The masked-token loss L_tr averages over the masked tokens of each rank's batch; DDP then averages
   the per-rank means. Ranks with more masked tokens get slightly less weight per token than in a
