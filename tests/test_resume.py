@@ -261,3 +261,20 @@ def test_resume_with_gradient_accumulation_is_exact(tmp_path, micro_preset, micr
     assert _no_timings(got) == _no_timings(want)
     for name, value in reference.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_worker_processes_give_the_same_run(micro_preset, micro_tokenizer, micro_pairs):
+    """Crops and word masks are seeded per batch inside whichever process loads it, so worker
+    processes change nothing (and a resumed run with workers stays exact)."""
+    p = copy.deepcopy(micro_preset)
+    torch.manual_seed(0)
+    init = build_model(p, micro_tokenizer).state_dict()
+    runs = []
+    for workers in (0, 2):
+        model = build_model(p, micro_tokenizer)
+        model.load_state_dict(init)
+        hist = pretrain(model, micro_tokenizer, micro_pairs, p, "stage1", epochs=2, batch_size=16, lr=1e-3,
+                        progress=False, num_workers=workers)
+        runs.append((model.state_dict(), _no_timings(hist)))
+    assert runs[0][1] == runs[1][1]
+    assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
