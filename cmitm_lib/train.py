@@ -139,6 +139,9 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 0):
         raise ValueError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 0 "
                          f"(steps between checkpoints; 0: at epoch ends only)")
+    if checkpoint_every and checkpoint_dir is None:
+        raise ValueError(f"checkpoint_every={checkpoint_every} needs checkpoint_dir, the folder to write "
+                         f"resume.safetensors to")
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True continues the checkpoint in checkpoint_dir; pass checkpoint_dir "
                          "(or resume=<path of a resume.safetensors>)")

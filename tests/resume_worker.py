@@ -32,8 +32,8 @@ def run(job_dir: Path, name: str, resume: bool = False, sleep: float = 0.0, chec
     out = job_dir / name
     history = pretrain(model, tokenizer, pairs, preset, job["stage"], epochs=job["epochs"],
                        batch_size=job["batch_size"], lr=job["lr"], seed=job["seed"], device="cpu", progress=False,
-                       checkpoint_dir=out if checkpoints else None, checkpoint_every=job["checkpoint_every"],
-                       resume=resume)
+                       checkpoint_dir=out if checkpoints else None,
+                       checkpoint_every=job["checkpoint_every"] if checkpoints else 0, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "final.safetensors"))
     (out / "history.json").write_text(json.dumps(history))

@@ -197,6 +197,8 @@ def test_resume_errors_name_the_file_and_the_difference(tmp_path, micro_preset, 
                  checkpoint_dir=tmp_path / "ck", resume=True)
     with pytest.raises(ValueError, match="pass checkpoint_dir"):
         pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", batch_size=16, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every=5 needs checkpoint_dir"):
+        pretrain(model, micro_tokenizer, micro_pairs, p, "stage2", batch_size=16, checkpoint_every=5)
     # the CLI checks before it loads any data
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'run' / resume.FILE} does not exist"):
         cli_main(["pretrain", "--stage", "1", "--checkpoint-out", str(tmp_path / "run"), "--resume"])
