@@ -185,7 +185,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
                                                 sched.get_last_lr()[0], last_good))
         position = [epoch, done] if done < per_epoch else [epoch + 1, 0]
         keys = list(sums)  # every rank's running sums of the epoch, so that its means stay exact
-        sums = [dict(zip(keys, row)) for row in distributed.all_gather_floats([sums[k] for k in keys])]
+        sums = [dict(zip(keys, row)) for row in distributed.all_gather_floats([sums[key] for key in keys])]
         path = resume_lib.checkpoint_path(checkpoint_dir)
         if distributed.is_main():
             resume_lib.save(path, model, opt, sched, {"run": run, "position": position, "step": step,
