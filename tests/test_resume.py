@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +118,28 @@ def test_killed_and_resumed_run_reaches_the_uninterrupted_weights(job_dir):
     init = load_file(str(job_dir / "init" / "model.safetensors"))
     key = "image_encoder.blocks.0.attn.qkv.weight"
     assert not torch.equal(init[key], got[key])
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_exactly(job_dir):
+    """torchrun, 2 CPU processes (gloo), gradient accumulation: a crash mid-step on every rank and a
+    resume from the last (mid-epoch) checkpoint end on the uninterrupted run's weights and history
+    (each rank's running loss sums are in the checkpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(HERE / "resume_worker.py"), str(job_dir),
+           "--ddp-check"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    r = json.loads((job_dir / "ddp_result.json").read_text())
+    assert r["world_size"] == 2 and r["position"] == [1, 4] and r["epochs"] == JOB["epochs"]
+    assert r["max_abs_diff"] == 0.0 and r["history_equal"]
 
 
 def test_data_order_is_a_function_of_seed_and_epoch_and_splits_over_ranks():
