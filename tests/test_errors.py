@@ -10,7 +10,7 @@ from cmitm_lib.train import fraction_indices, pretrain, resolve_device
 @pytest.mark.parametrize("params,pattern", [
     ({"preset": "huge"}, r"preset='huge' is not valid; choose one of: 'tiny', 'paper'"),
     ({"dataset": "imagenet"}, r"dataset='imagenet' is not valid; choose one of: 'synth', 'mimic', 'openi'"),
-    ({"finetune_dataset": "mnist"}, r"finetune_dataset='mnist' is not valid; choose one of: 'synth', 'nih'"),
+    ({"finetune_dataset": "mnist"}, r"finetune_dataset='mnist' is not valid; choose one of: 'synth', 'synth-chexpert', 'synth-rsna', 'synth-covidx', 'nih'"),
     ({"epochs": 0}, r"epochs=0 is not valid; it must be a positive integer"),
     ({"epochs": -3}, r"epochs=-3 is not valid"),
     ({"epochs": 2.5}, r"epochs=2.5 is not valid"),
