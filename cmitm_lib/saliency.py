@@ -12,8 +12,8 @@ explainability", ICCV 2021): for every attention layer, the head-averaged positi
 R = I. Because the gradient comes from the chosen target, the map is specific to the finding or the
 report. ``method="rollout"`` gives plain attention rollout (Abnar & Zuidema 2020), which ignores the
 target: a useful baseline. Both encoders here pool the MEAN of the patch tokens (not a class token),
-so a patch's relevance is its column of R (less the identity, for Chefer's rule) averaged over the
-patch rows.
+so a patch's relevance is its column of R averaged over the patch rows, leaving out what each patch
+keeps of itself (the identity for Chefer's rule, the diagonal for plain rollout).
 
 timm computes attention with fused scaled-dot-product attention by default (``Attention.fused_attn``,
 set from ``timm.layers.use_fused_attn()``), which never materialises the attention probabilities.
@@ -79,8 +79,10 @@ def _patch_map(attentions, target: torch.Tensor | None, method: str) -> torch.Te
         grads = [g.float() for g in torch.autograd.grad(target, attentions)]
     r = rollout([a.detach().float() for a in attentions], grads)
     t = r.shape[-1]
-    if grads is not None:  # Chefer: the identity R starts from is no evidence
-        r = r - torch.eye(t, device=r.device)
+    eye = torch.eye(t, device=r.device)
+    # What a token keeps of itself is not evidence: Chefer's R starts from I; plain rollout keeps a
+    # large, nearly uniform diagonal through the residual share, which is left out.
+    r = r - eye if grads is not None else r * (1 - eye)
     relevance = r[:, 1:, 1:].mean(1).clamp(min=0)  # mean-pooled patch rows; the class token left out
     relevance = relevance + 1e-12  # an all-zero map (no positive evidence) becomes uniform
     g = int(round((t - 1) ** 0.5))
