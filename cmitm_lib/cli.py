@@ -191,15 +191,18 @@ def experiment_cmd(args: argparse.Namespace) -> None:
 
     scale = "quick" if args.quick else args.scale
     names = [n for n in ex.EXPERIMENTS if n != "calibration"] if args.experiment == "all" else [args.experiment]
-    command = "cmitm " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("cmitm") else \
-        f"cmitm experiment {args.experiment} --scale {scale}"
+    seeds = args.seeds or ex.SCALES[scale][0]
+    fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
     for name in names:
-        rows = ex.run(name, scale, args.seeds, args.out, args.protocol, args.device, fractions=args.fractions)
+        rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions)
+        command = f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}{fractions}"
         paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
         print(Path(paths["markdown"]).read_text())
         print("written: " + ", ".join(paths.values()))
     if args.docs:
-        ex.write_docs(resolve(args.out) / scale, resolve(args.docs), command)
+        ex.write_docs(resolve(args.out) / scale, resolve(args.docs),
+                      f"cmitm experiment {args.experiment} --scale {scale} --seeds {seeds} --protocol "
+                      f"{args.protocol}{fractions} --docs {args.docs}")
         print(f"written: {resolve(args.docs)}")
 
 
