@@ -188,13 +188,25 @@ OUTPUTS_JS = """() => [...document.querySelectorAll('.jp-CodeCell')].map((cell, 
 
 def _run_all(page, name: str) -> float:
     """Run all cells through the Run menu and wait until the kernel is done. Returns seconds."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
-    # the kernel is started and idle
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
-    page.click(".jp-Notebook")  # make the notebook the current widget for the menu command
+    # the kernel is connected and idle (the status bar says "Python 3 (ipykernel) | Idle")
+    page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=180_000)
     t0 = time.monotonic()
-    page.click(".lm-MenuBar-item:has-text('Run')")
-    page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+    for attempt in range(3):
+        page.click(".jp-Notebook .jp-CodeCell .jp-InputPrompt")  # the notebook is the current widget
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+        try:  # queued cells show [*] at once
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+                                   ".some(p => /\\*|\\d/.test(p.textContent))", timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            page.screenshot(path=str(OUT / f"{Path(name).stem}-run-all-not-started-{attempt}.png"))
+            page.keyboard.press("Escape")
+    else:
+        raise AssertionError(f"{name}: Run > Run All Cells did not start the notebook (3 tries); see the screenshots in {OUT}")
     deadline = t0 + TIMEOUT_S
     started = False
     quiet_since = None
@@ -270,7 +282,7 @@ def test_lesson_in_jupyterlab(notebook: Path, lab, browser, report):
         print(f"{name}: all cells ran in {seconds:.0f} s", flush=True)
         page.wait_for_timeout(2000)  # widget views render asynchronously
         cells = page.evaluate(OUTPUTS_JS)
-        n_code = sum(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells)
+        n_code = sum(c.cell_type == "code" for c in nbformat.read(lab["served"] / name, as_version=4).cells)
         widgets = [w for c in cells for w in c["widgets"]]
         check = {
             "seconds": round(seconds, 1),
@@ -279,7 +291,7 @@ def test_lesson_in_jupyterlab(notebook: Path, lab, browser, report):
             "error_outputs": [{"cell": c["index"], "text": e} for c in cells for e in c["errors"]],
             "tracebacks_on_stderr": [{"cell": c["index"], "text": s} for c in cells for s in c["stderr"]
                                      if "Traceback (most recent call last)" in s],
-            "stderr_outputs": sum(len(c["stderr"]) for c in cells),
+            "stderr_outputs": [{"cell": c["index"], "text": s[:300]} for c in cells for s in c["stderr"]],
             "widget_views": len(widgets),
             "widget_views_rendered": sum(w["rendered"] and "Error displaying widget" not in w["text"]
                                          and "Loading widget" not in w["text"] for w in widgets),
