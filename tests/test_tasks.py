@@ -20,7 +20,7 @@ def small_preset(micro_preset):
 
 def test_case_params_match_generate_case():
     for i in (0, 5, 123):
-        params = tasks.case_params(3, i)
+        params = tasks.case_params(3, i, "downstream")
         case = generate_case(3, i, size=32, domain="downstream")
         np.testing.assert_array_equal(params["labels"], case.labels)
         np.testing.assert_array_equal(tasks.report_labels(params), case.report_labels)
@@ -57,7 +57,7 @@ def test_covidx_indices_balanced_disjoint_and_deterministic():
     assert [len(s) for s in splits] == [30, 9, 10]
     assert len(set(np.concatenate(splits))) == 49
     for idx, n in zip(splits, (30, 9, 10)):
-        classes = [tasks.covidx_class(tasks.case_params(0, int(i))["labels"]) for i in idx]
+        classes = [tasks.covidx_class(tasks.case_params(0, int(i), "downstream")["labels"]) for i in idx]
         assert np.bincount(classes, minlength=3).tolist() == [n // 3, n // 3, n - 2 * (n // 3)]
     assert counts["excluded (other findings)"] > 0
     assert counts["scanned"] >= 49 + counts["excluded (other findings)"]
@@ -90,7 +90,7 @@ def test_task_labels_follow_the_generator(small_preset):
     cols = [FINDINGS.index(n) for n in tasks.CHEXPERT_FINDINGS]
     np.testing.assert_array_equal(chex.test.labels, findings.test.labels[:, cols])  # test: image truth
     for i in range(n_train):  # train: the report, U-policy on hedged mentions
-        params = tasks.case_params(0, i)
+        params = tasks.case_params(0, i, "downstream")
         report = tasks.report_labels(params)
         for j, name in enumerate(tasks.CHEXPERT_FINDINGS):
             said = report[FINDINGS.index(name)]

@@ -96,7 +96,7 @@ def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
     for split, n in zip(("train", "val", "test"), d.n_finetune):
         images, labels, _, _ = _synth_batch(n, seed, d.synth_size, "downstream", start)
         if name == "synth-chexpert" and split == "train":  # labels read from the reports, U-policy
-            labels = np.stack([tasks.chexpert_labels(tasks.report_labels(tasks.case_params(seed, i)))
+            labels = np.stack([tasks.chexpert_labels(tasks.report_labels(tasks.case_params(seed, i, "downstream")))
                                for i in range(start, start + n)])
         elif name != "synth":
             labels = tasks.image_columns(labels, classes)

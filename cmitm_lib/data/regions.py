@@ -13,16 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import synth
+from .synth import case_params  # re-exported: regions.case_params(seed, index, domain)
 
 DEFAULT_THRESHOLD = 0.02
-
-
-def case_params(seed: int, index: int, domain: str = "pretrain") -> dict:
-    """The parameters `synth.generate_case(seed, index, size, domain)` draws (they do not depend on size)."""
-    synth._check_non_negative("seed", seed)
-    synth._check_non_negative("index", index)
-    code = synth._check_domain(domain)
-    return synth.draw_params(np.random.default_rng([seed, index, code]), domain)
 
 
 def _density(params: dict, size: int) -> np.ndarray:

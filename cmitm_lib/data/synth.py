@@ -751,13 +751,22 @@ def compose_report(rng: np.random.Generator, params: dict) -> tuple[str, np.ndar
 # ---------------------------------------------------------------- public entry points
 
 
-def generate_case(seed: int, index: int, size: int = 128, domain: str = "pretrain") -> Case:
-    """One deterministic case: same (seed, index, size, domain) -> same image and report."""
+def _case_rng(seed: int, index: int, domain: str) -> np.random.Generator:
+    """The one generator a case draws everything from."""
     _check_non_negative("seed", seed)
     _check_non_negative("index", index)
+    return np.random.default_rng([seed, index, _check_domain(domain)])
+
+
+def case_params(seed: int, index: int, domain: str = "pretrain") -> dict:
+    """The parameters `generate_case` draws for a case, without rendering (cheap; size-independent)."""
+    return draw_params(_case_rng(seed, index, domain), domain)
+
+
+def generate_case(seed: int, index: int, size: int = 128, domain: str = "pretrain") -> Case:
+    """One deterministic case: same (seed, index, size, domain) -> same image and report."""
     _check_size(size)
-    code = _check_domain(domain)
-    rng = np.random.default_rng([seed, index, code])
+    rng = _case_rng(seed, index, domain)
     params = draw_params(rng, domain)
     report, report_labels = compose_report(rng, params)
     return Case(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synth import DOMAINS, FINDINGS, draw_params
+from .synth import FINDINGS, case_params
 
 TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")
 CHEXPERT_FINDINGS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "effusion")
@@ -38,12 +38,6 @@ TASK_INFO = {  # name -> (classes, task, metric)
     "synth-rsna": (["consolidation"], "multilabel", "auc"),
     "synth-covidx": (list(COVIDX_CLASSES), "multiclass", "acc"),
 }
-
-
-def case_params(seed: int, index: int, domain: str = "downstream") -> dict:
-    """The parameters `synth.generate_case` draws for a case, without rendering (cheap)."""
-    rng = np.random.default_rng([seed, index, DOMAINS.index(domain)])
-    return draw_params(rng, domain)
 
 
 def report_labels(params: dict) -> np.ndarray:
@@ -84,7 +78,7 @@ def covidx_indices(seed: int, sizes: tuple[int, int, int]) -> tuple[list[np.ndar
     found: list[list[int]] = [[], [], []]
     index, excluded = COVIDX_START, 0
     while any(len(found[c]) < need[c] for c in range(3)):
-        c = covidx_class(case_params(seed, index)["labels"])
+        c = covidx_class(case_params(seed, index, "downstream")["labels"])
         if c is None:
             excluded += 1
         elif len(found[c]) < need[c]:
