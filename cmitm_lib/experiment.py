@@ -9,8 +9,8 @@ resumes where it stopped.
 
 Evaluation protocols (`protocol`):
 - ``linear``: E_v frozen, mean-pooled patch features (as the fine-tuning classifier pools them),
-  one L2-regularised logistic regression per class, C chosen on the validation split. Cheap on a CPU:
-  the default for the CPU-scale grids.
+  one L2-regularised logistic regression per class (Newton-Cholesky), C in {0.01 .. 100} chosen on
+  the validation split. Cheap on a CPU: the default for the CPU-scale grids.
 - ``finetune``: `train.finetune`, every weight trained, best validation epoch scored on test (the
   paper's protocol; affordable on a CPU at 1% labels, hours at 100% -- use a GPU).
 """
@@ -188,8 +188,13 @@ def encoder_features(encoder_state: dict | None, images, preset: Preset, seed: i
 
 
 def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metric: str,
-                 cs=(0.01, 0.1, 1.0, 10.0)) -> dict:
-    """Logistic regression per class on standardised features; C picked on validation."""
+                 cs=(0.01, 0.1, 1.0, 10.0, 100.0)) -> dict:
+    """Logistic regression per class on standardised features; C picked on validation.
+
+    Solved with Newton-Cholesky (exact Hessian, a few iterations for a few hundred features): on
+    5000 x 192 features a fit takes ~0.03 s where lbfgs took up to 7 s and still stopped short of the
+    optimum at large C.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
@@ -201,7 +206,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metr
 
     def fit_predict(c):
         if task == "multiclass":
-            clf = LogisticRegression(C=c, max_iter=2000).fit(tx, train_y.argmax(1))
+            clf = LogisticRegression(C=c, solver="newton-cholesky", max_iter=200).fit(tx, train_y.argmax(1))
             if len(clf.classes_) < train_y.shape[1]:  # a class missing from a tiny label fraction
                 return lambda x: _fill_proba(clf, x, train_y.shape[1])
             return clf.predict_proba
@@ -211,7 +216,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metr
             if y.min() == y.max():  # one label value in the training fraction: a constant score
                 cols.append(lambda x, v=float(y[0]): np.full(len(x), v))
             else:
-                m = LogisticRegression(C=c, max_iter=2000).fit(tx, y)
+                m = LogisticRegression(C=c, solver="newton-cholesky", max_iter=200).fit(tx, y)
                 cols.append(lambda x, m=m: m.predict_proba(x)[:, 1])
         return lambda x: np.stack([f(x) for f in cols], axis=1)
 
