@@ -193,8 +193,8 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metr
 
     Solved with Newton-Cholesky (exact Hessian, a few iterations for a few hundred features): on
     5000 x 192 features a fit takes ~0.03 s where lbfgs took up to 7 s and still stopped short of the
-    optimum at large C. (C = 100 is left out: with 5000 collinear features its Hessian is too
-    ill-conditioned for Cholesky.)
+    optimum at large C. Features are cast to float64: the Hessian of collinear float32 features is
+    too ill-conditioned for a float32 Cholesky (sklearn then falls back to lbfgs).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -202,6 +202,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metr
 
     from .evaluate import score
 
+    train_x, val_x, test_x = (np.asarray(x, dtype=np.float64) for x in (train_x, val_x, test_x))  # Cholesky needs it
     scaler = StandardScaler().fit(train_x)
     tx, vx, sx = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
 
