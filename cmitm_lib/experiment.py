@@ -197,7 +197,6 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metr
     too ill-conditioned for a float32 Cholesky (sklearn then falls back to lbfgs).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
 
     from .evaluate import score
