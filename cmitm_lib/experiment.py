@@ -299,14 +299,14 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
                 if protocol == "linear":
                     key = _image_set(task)
                     if key not in feats:  # embed only the training images some fraction needs
-                        need = np.unique(np.concatenate([fraction_indices(len(d.train), f, seed)
+                        need = np.unique(np.concatenate([fraction_indices(len(d.train), f, seed, d.train.labels)
                                                          for t, f in todo if _image_set(t) == key]))
                         feats[key] = {"need": need, "train": encoder_features(
                             state, d.train.images[need], preset, seed, device)}
                         feats[key].update({s: encoder_features(state, getattr(d, s).images, preset, seed, device)
                                            for s in ("val", "test")})
                     f = feats[key]
-                    idx = fraction_indices(len(d.train), fraction, seed)
+                    idx = fraction_indices(len(d.train), fraction, seed, d.train.labels)
                     r = linear_probe(f["train"][np.searchsorted(f["need"], idx)], d.train.labels[idx], f["val"],
                                      d.val.labels, f["test"], d.test.labels, d.task, d.metric)
                     extra = {"C": r["C"], "n_train": len(idx)}
@@ -315,7 +315,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
 
                     r = finetune(d, preset, state, fraction, device=device, seed=seed, progress=False)
                     r = {"val": r[f"val_{d.metric}"], "test": r[f"test_{d.metric}"]}
-                    extra = {"n_train": len(fraction_indices(len(d.train), fraction, seed))}
+                    extra = {"n_train": len(fraction_indices(len(d.train), fraction, seed, d.train.labels))}
                 row = {"experiment": experiment, "method": method, "label": METHODS[method][0], "task": task,
                        "metric": d.metric, "fraction": fraction, "seed": seed, "protocol": protocol, "scale": scale,
                        "val": r["val"], "test": r["test"], **extra, "seconds": round(time.perf_counter() - t0, 1)}

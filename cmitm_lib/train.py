@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from . import resume as resume_lib
-from .config import Preset, check_choice, check_fraction, check_positive, check_positive_int, check_ratio
+from .config import Preset, check_choice, check_positive, check_positive_int, check_ratio
 from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset
+from .data.fractions import fraction_indices
 from .evaluate import recall_at_k, score, similarity
 from .models import CMITM, build_classifier, copy_decoder_embedding, set_trainable
 
@@ -292,13 +293,6 @@ def retrieval(model: CMITM, tokenizer, data: PairData, preset: Preset, device: s
     return recall_at_k(similarity(z_img, z_txt), reports=data.reports)
 
 
-def fraction_indices(n: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """Nested label fractions: one seeded permutation, the first ceil(fraction * n) (at least 1)."""
-    check_fraction("fraction", fraction)
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: max(1, math.ceil(fraction * n - 1e-9))])
-
-
 @torch.no_grad()
 def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str) -> tuple[np.ndarray, np.ndarray]:
     net.eval()
@@ -330,7 +324,7 @@ def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = No
     check_positive("lr", lr)
     dev = resolve_device(device)
     seed_everything(seed)
-    idx = fraction_indices(len(data.train), fraction, seed)
+    idx = fraction_indices(len(data.train), fraction, seed, data.train.labels)
     train_data = type(data.train)(_take(data.train.images, idx), data.train.labels[idx])
     train_set = LabelDataset(train_data, preset.data, preset.model, cfg.crop_scale, train=True)
     # An epoch draws at least 256 images so that 1% of labels still gets enough steps per epoch.

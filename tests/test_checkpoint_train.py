@@ -50,6 +50,22 @@ def test_fractions_are_nested_and_seeded():
     assert len(fraction_indices(50, 0.01)) == 1
 
 
+def test_fractions_with_labels_cover_every_class_and_stay_nested():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((1000, 5)) < [0.3, 0.1, 0.02, 0.005, 0.0]).astype(np.float32)  # last: no positive
+    for seed in range(5):
+        plain = [set(fraction_indices(1000, f, seed)) for f in (0.01, 0.1, 1.0)]
+        covered = [set(fraction_indices(1000, f, seed, labels)) for f in (0.01, 0.1, 1.0)]
+        assert covered[0] <= covered[1] <= covered[2] and len(covered[2]) == 1000
+        for p, c in zip(plain, covered):
+            assert p <= c  # the plain prefix is kept; only missing classes add examples
+            pos = labels[sorted(c)].sum(0)
+            assert (pos[:4] >= 1).all() and pos[4] == 0
+            assert len(c - p) <= int((labels[sorted(p)].sum(0)[:4] == 0).sum())  # one per missing class
+    with pytest.raises(ValueError, match="rows"):
+        fraction_indices(10, 0.5, 0, labels)
+
+
 def test_warmup_then_cosine_to_zero():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)

@@ -47,6 +47,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from cmitm_lib.config import check_fraction
+from cmitm_lib.data.fractions import fraction_indices
 from cmitm_lib.data.images import IMAGE_SUFFIXES, mirror_path
 from cmitm_lib.data.records import ImageTextPair, LabeledImage, LabeledSplits
 
@@ -222,25 +224,14 @@ def split_by_patient(records: Sequence, fractions: Sequence[float], seed: int = 
 
 
 def label_fraction(records: Sequence[LabeledImage], fraction: float, seed: int = 0) -> list[LabeledImage]:
-    """About `fraction` of `records` (at least one), nested: for one seed, 1% is inside 10% is inside 100%.
-
-    One seeded permutation; its first ``max(1, round(fraction * n))`` items are taken. Then every
-    class without a positive in that prefix gets its first positive in the permutation added, so
-    every class (multi-class) / every finding (multi-label) appears when the data allow. Nesting
-    holds because a class missing from a longer prefix is missing from a shorter one too, and both
-    add the same example. Records keep their original order.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    """About `fraction` of `records`, nested and with every class when the data allow: the records
+    that `datasets.fraction_indices` picks from their labels (what fine-tuning trains on). Records
+    keep their original order."""
     if not records:
+        check_fraction("fraction", fraction)
         return []
-    order = np.random.default_rng(seed).permutation(len(records))
-    chosen = set(order[: max(1, round(fraction * len(records)))].tolist())
-    positive = np.asarray([r.labels for r in records]) > 0.5
-    prefix_has = positive[sorted(chosen)].any(axis=0)
-    for c in np.flatnonzero(~prefix_has & positive.any(axis=0)):
-        chosen.add(int(order[np.argmax(positive[order, c])]))
-    return [records[i] for i in sorted(chosen)]
+    labels = np.asarray([r.labels for r in records], dtype=np.float32)
+    return [records[i] for i in fraction_indices(len(records), fraction, seed, labels)]
 
 
 def _split_file_paths(dataset: str, split_files) -> dict[str, Path]:
