@@ -120,12 +120,18 @@ def finetune_cmd(args: argparse.Namespace) -> None:
 
     check_parameters(preset=args.preset, finetune_dataset=args.dataset, device=args.device, fractions=args.fractions)
     preset = get_preset(args.preset)
+    if args.checkpoint_in and args.imagenet_weights:
+        raise SystemExit("give --checkpoint-in (a CMITM checkpoint) or --imagenet-weights (a timm ViT), not both")
     encoder = _encoder_from(resolve(args.checkpoint_in), args.preset) if args.checkpoint_in else None
+    if args.imagenet_weights:
+        from .models import imagenet_encoder_state
+
+        encoder = imagenet_encoder_state(preset.model, resolve(args.imagenet_weights))
     data = load_finetune(args.dataset, args.data_root, preset, args.seed)
     rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      device=args.device, seed=args.seed, num_workers=args.num_workers) for f in args.fractions]
     for r in rows:
-        r["init"] = args.checkpoint_in or "random"
+        r["init"] = args.checkpoint_in or (f"imagenet:{args.imagenet_weights}" if args.imagenet_weights else "random")
     out = resolve(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "finetune_metrics.json").write_text(json.dumps(rows, indent=2))
@@ -193,16 +199,18 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     names = [n for n in ex.EXPERIMENTS if n != "calibration"] if args.experiment == "all" else [args.experiment]
     seeds = args.seeds or ex.SCALES[scale][0]
     fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
+    weights = f" --imagenet-weights {args.imagenet_weights}" if args.imagenet_weights else ""
     for name in names:
-        rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions)
-        command = f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}{fractions}"
+        rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions,
+                      imagenet_weights=args.imagenet_weights or None)
+        command = f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}{fractions}{weights}"
         paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
         print(Path(paths["markdown"]).read_text())
         print("written: " + ", ".join(paths.values()))
     if args.docs:
         ex.write_docs(resolve(args.out) / scale, resolve(args.docs),
                       f"cmitm experiment {args.experiment} --scale {scale} --seeds {seeds} --protocol "
-                      f"{args.protocol}{fractions} --docs {args.docs}")
+                      f"{args.protocol}{fractions}{weights} --docs {args.docs}")
         print(f"written: {resolve(args.docs)}")
 
 
@@ -255,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="default: the preset's for the fraction")
     p.add_argument("--checkpoint-in", default="", help="pre-trained checkpoint; empty = random init")
+    p.add_argument("--imagenet-weights", default="",
+                   help="E_v from a local timm ViT checkpoint (.safetensors), e.g. ImageNet ViT-B/16 for the paper preset")
     p.add_argument("--out-dir", default="runs/finetune")
     p.set_defaults(func=finetune_cmd)
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
@@ -270,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=None,
                    help="label fractions instead of the experiment's (e.g. 0.01 to fine-tune on a CPU)")
     p.add_argument("--docs", default="", help="also write this markdown file (e.g. docs/results.md)")
+    p.add_argument("--imagenet-weights", default="",
+                   help="table1 gains an 'ImageNet init' row: E_v from this local timm ViT checkpoint (.safetensors)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=experiment_cmd)
     p = sub.add_parser("evaluate", help="held-out Recall@1/5/10 both ways and zero-shot AUC of a checkpoint")

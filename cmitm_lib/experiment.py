@@ -43,6 +43,8 @@ METHODS: dict[str, tuple[str, tuple]] = {
     "no_mask": ("- image masking in stage 2", (("stage1", {}), ("stage2", {"mask_ratio": 0.0}))),
     "no_rep": ("- representation decoder", (("stage1", {}), ("stage2", {"rep_decoder": False}))),
 }
+# With run(imagenet_weights=...), Table 1 gains this row: E_v from a local timm checkpoint, no pre-training.
+METHODS["imagenet"] = ("ImageNet init (local timm weights)", ())
 FIG3_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
 for _r in FIG3_RATIOS:
     METHODS[f"cmitm_m{_r:g}"] = (f"CMITM, stage-2 mask ratio {_r:g}", (("stage1", {}), ("stage2", {"mask_ratio": _r})))
@@ -123,6 +125,8 @@ def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=pr
     from .text import load_tokenizer, save_tokenizer, train_tokenizer
     from .train import build_model, encoder_state, pretrain, seed_everything
 
+    if method == "imagenet":
+        raise ValueError("the imagenet row has no pre-training; get its weights with models.imagenet_encoder_state")
     recipe = METHODS[method][1]
     if not recipe:
         return None
@@ -258,12 +262,14 @@ def read_results(out: Path) -> list[dict]:
 
 def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
         protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print,
-        fractions: tuple[float, ...] | None = None) -> list[dict]:
+        fractions: tuple[float, ...] | None = None, imagenet_weights: str | Path | None = None) -> list[dict]:
     """Train what is missing and evaluate every (method, task, fraction, seed) of ``experiment``.
 
     Returns the rows of this experiment (old and new). ``seeds`` defaults to the scale's (smoke and
     quick 1, full 3). ``preset`` replaces the tiny preset as the base (tests pass a smaller one);
     ``fractions`` replaces the experiment's label fractions (e.g. (0.01,) for fine-tuning on a CPU).
+    ``imagenet_weights`` (Table 1 only): a local timm ViT checkpoint, evaluated as the "imagenet" row
+    (`models.imagenet_encoder_state`; its rows are cached like the others, so keep one file per ``out``).
     """
     from .data import load_finetune
     from .train import fraction_indices
@@ -277,6 +283,10 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
     methods, tasks, default_fractions = EXPERIMENTS[experiment]
+    if imagenet_weights is not None:
+        if experiment != "table1":
+            raise ValueError(f"imagenet_weights adds a row to table1 only, not to {experiment}")
+        methods = methods[:1] + ("imagenet",) + methods[1:]
     fractions = tuple(default_fractions if fractions is None else fractions)
     for f in fractions:
         check_fraction("fractions", f)
@@ -289,7 +299,12 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
                     if (method, t, f, seed, protocol, scale) not in done]
             if not todo:
                 continue
-            state = pretrained_encoder(method, seed, preset, out, log, device)
+            if method == "imagenet":
+                from .models import imagenet_encoder_state
+
+                state = imagenet_encoder_state(preset.model, resolve(imagenet_weights), log)
+            else:
+                state = pretrained_encoder(method, seed, preset, out, log, device)
             feats = {}
             for task, fraction in todo:
                 if task not in data:

@@ -309,6 +309,50 @@ def build_classifier(cfg: ModelConfig, num_classes: int, encoder_state: dict | N
     return vit
 
 
+def imagenet_encoder_state(cfg: ModelConfig, path: str, log=print) -> dict:
+    """E_v weights from a local timm ViT checkpoint (e.g. ImageNet ``vit_base_patch16_224`` for the paper
+    preset), in the form `build_classifier` and `CMITM.image_encoder` load. Nothing is downloaded.
+
+    Adapted with timm's own helpers: RGB patch kernels summed to ``in_chans`` (``adapt_input_conv``),
+    patch kernels and learned positions resampled to this preset's patch size and grid
+    (``checkpoint_filter_fn``); the learned positions replace E_v's fixed sin-cos ones (they stay
+    frozen). A deeper checkpoint gives its first ``cfg.depth`` blocks (said in the log); width and
+    heads must match. The classification head is dropped.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from timm.models._manipulate import adapt_input_conv
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no timm weights at {file}; pass the path of a local ViT checkpoint in "
+                                f"safetensors form (e.g. the model.safetensors of timm/vit_base_patch16_224."
+                                f"augreg2_in21k_ft_in1k from the Hugging Face hub, downloaded beforehand)")
+    state = load_file(str(file))
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise ValueError(f"{file} is not a timm VisionTransformer state dict (no patch_embed.proj.weight / "
+                         f"pos_embed)")
+    width = state["patch_embed.proj.weight"].shape[0]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    if width != cfg.embed_dim or depth < cfg.depth:
+        raise ValueError(f"{file} holds a ViT of width {width} and depth {depth}; this preset's E_v has width "
+                         f"{cfg.embed_dim} and depth {cfg.depth} (the paper preset matches ViT-B/16: 768, 12)")
+    if depth > cfg.depth:
+        log(f"{file.name}: using the first {cfg.depth} of its {depth} blocks")
+        state = {k: v for k, v in state.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < cfg.depth}
+    state = {k: v for k, v in state.items() if not k.startswith("head")}
+    state["patch_embed.proj.weight"] = adapt_input_conv(cfg.in_chans, state["patch_embed.proj.weight"])
+    vit = build_vit(cfg)
+    state = checkpoint_filter_fn(state, vit)
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{file} does not fit E_v: missing={missing}, unexpected={unexpected} (heads or MLP "
+                         f"ratio differ from the preset's?)")
+    return {k: v.detach().clone() for k, v in vit.state_dict().items()}
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -95,3 +95,27 @@ def test_bad_arguments(base, tmp_path):
         ex.run("table1", "huge", 1, tmp_path, preset=base)
     with pytest.raises(ValueError, match="seeds=0"):
         ex.run("table1", "smoke", 0, tmp_path, preset=base)
+
+
+def test_imagenet_row_from_local_timm_weights(base, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    m = base.model
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=224, patch_size=16, in_chans=3, embed_dim=m.embed_dim, depth=m.depth + 1,
+                            num_heads=m.num_heads, num_classes=1000)  # an ImageNet-shaped RGB checkpoint
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    monkeypatch.setitem(ex.EXPERIMENTS, "table1", (("random",), ("synth-rsna",), (0.01,)))
+    said = []
+    rows = ex.run("table1", "smoke", 1, tmp_path, preset=base, device="cpu", log=said.append,
+                  imagenet_weights=weights)
+    assert [r["method"] for r in rows] == ["random", "imagenet"]
+    assert rows[1]["label"] == "ImageNet init (local timm weights)" and 0 <= rows[1]["test"] <= 1
+    assert rows[0]["test"] != rows[1]["test"]  # a different encoder, not random init again
+    assert any("first 2 of its 3 blocks" in s for s in said)
+    assert not (tmp_path / "smoke" / "pretrain").exists()  # nothing pre-trained for either row
+    with pytest.raises(ValueError, match="table1 only"):
+        ex.run("table2", "smoke", 1, tmp_path, preset=base, imagenet_weights=weights)
