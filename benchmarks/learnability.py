@@ -1,7 +1,8 @@
-"""Can the tiny ViT learn SynthCXR's findings at CPU budgets at all? Three checks, tiny preset.
+"""Can the tiny ViT learn SynthCXR's findings at CPU budgets at all? Six checks, tiny preset.
 
-    python benchmarks/learnability.py                      # all three, ~15 min on 2 CPU cores
+    python benchmarks/learnability.py                      # all six, ~25 min on 2 CPU cores
     python benchmarks/learnability.py --only supervised --sup-epochs 4 --sup-lr 1e-4
+    python benchmarks/learnability.py --only cnn oracle contrastive-cnn
 
 1. supervised: fine-tune E_v + head from random init on 100% of the `synth` task's labels
    (`train.finetune`); per epoch the training BCE against the base-rate BCE (the loss of predicting
@@ -12,9 +13,21 @@
    D_r) on the 4000 pre-training pairs; per epoch L_c against its chance level 2 ln B, and held-out
    Recall@1 against chance 1 / N.
 
+4. cnn: the same supervised recipe as (1) (AdamW, warm-up + cosine, clipping, crops) for a plain
+   4-block CNN (conv-BN-ReLU-maxpool, 0.32 M weights, 1/8 of E_v): are the findings learnable
+   from these 64 px images at all in this budget?
+5. oracle: CLIP-like training whose image side is the ground-truth finding vector (a linear map of
+   the 7 labels) instead of an image: how low L_c gets when the image side is perfect, i.e. whether
+   the text side, the projection heads and InfoNCE learn at this budget.
+6. contrastive-cnn: CLIP-like training with the CNN of (4) as image encoder: does report
+   supervision teach an image encoder that can learn the findings?
+
+The CNN and the oracle are diagnostics only (defined here, not in cmitm_lib): the benchmark's E_v
+stays the paper's ViT.
+
 If (1) stays near the base-rate loss, the encoder cannot pick up the findings from gradient
 training within that budget, with labels or without, and no pre-training method can be expected
-to beat random init in it (see docs/results.md, "Why nothing beats random init here").
+to beat random init in it (output and reading: benchmarks/README.md, "Learnability").
 """
 from __future__ import annotations
 
@@ -22,15 +35,23 @@ import argparse
 import math
 import platform
 import time
+import types
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from cmitm_lib import experiment as ex
 from cmitm_lib.config import get_preset
-from cmitm_lib.data import load_finetune, load_pretrain
+from cmitm_lib.data import _synth_batch, load_finetune, load_pretrain
+from cmitm_lib.data.datasets import LabelDataset
+from cmitm_lib.evaluate import score
+from cmitm_lib.losses import info_nce
 from cmitm_lib.text import train_tokenizer
-from cmitm_lib.train import build_model, finetune, pretrain, retrieval, seed_everything
+from cmitm_lib.train import (build_model, build_optimizer, finetune, predict, pretrain, retrieval, seed_everything,
+                             warmup_cosine)
 
 
 def base_rate_bce(labels: np.ndarray) -> float:
@@ -77,23 +98,133 @@ def contrastive(preset, epochs: int, lr: float) -> None:
           f"(chance {1 / len(held):.3f})")
 
 
+class SmallCNN(nn.Module):
+    """4 x (conv3x3-BN-ReLU-maxpool2): 64 px -> a 4 x 4 grid of `width`-d tokens, mean-pooled for a head."""
+
+    def __init__(self, num_classes: int = 0, width: int = 192):
+        super().__init__()
+        chans = (1, 32, 64, 128, width)
+        self.features = nn.Sequential(*[nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                                                      nn.MaxPool2d(2)) for i, o in zip(chans, chans[1:])])
+        self.head = nn.Linear(width, num_classes) if num_classes else nn.Identity()
+        self.register_buffer("pos_embed", torch.zeros(1), persistent=False)  # set_trainable touches it
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + 16, width): the mean token first, like E_v's class-token slot."""
+        t = self.features(x).flatten(2).transpose(1, 2)
+        return torch.cat([t.mean(1, keepdim=True), t], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(x)[:, 1:].mean(1))
+
+
+def cnn(preset, epochs: int, lr: float) -> None:
+    """train.finetune's recipe (100% labels) for SmallCNN instead of E_v."""
+    d, cfg = load_finetune("synth", "", preset, 0), preset.finetune
+    seed_everything(0)
+    train = DataLoader(LabelDataset(d.train, preset.data, preset.model, cfg.crop_scale, train=True),
+                       batch_size=cfg.batch_size, shuffle=True)
+    val = DataLoader(LabelDataset(d.val, preset.data, preset.model, train=False), batch_size=256)
+    net = SmallCNN(len(d.classes))
+    opt = build_optimizer(net, cfg.optimizer, lr, cfg.weight_decay)
+    sched = warmup_cosine(opt, epochs * len(train), int(cfg.warmup * epochs * len(train)))
+    t0 = time.perf_counter()
+    print(f"[cnn] SmallCNN ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M weights), 100% of {len(d.train)} "
+          f"labels, AdamW lr {lr:g}, {epochs} epochs; base-rate BCE {base_rate_bce(d.train.labels):.4f}")
+    for epoch in range(epochs):
+        net.train()
+        losses = []
+        for x, y in train:
+            loss = F.binary_cross_entropy_with_logits(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        auc = score(d.metric, *predict(net, val, torch.device("cpu"), d.task))
+        print(f"  epoch {epoch + 1:>2}  train BCE {np.mean(losses):.4f}  val AUC {auc:.3f}")
+    print(f"  ({time.perf_counter() - t0:.0f} s)")
+
+
+def _clip_model(preset):
+    """A CLIP-like CMITM (no D_r, image_proj on mean-pooled E_v tokens) and its tokenizer, seed 0."""
+    pairs, held = load_pretrain("synth", "", preset, 0)
+    tokenizer = train_tokenizer(pairs.reports, preset.model.vocab_size)
+    preset.model.use_rep_decoder = False
+    seed_everything(0)
+    return build_model(preset, tokenizer), tokenizer, pairs, held
+
+
+def _clip_train(name, model, tokenizer, pairs, held, preset, epochs, lr) -> None:
+    t0 = time.perf_counter()
+    history = pretrain(model, tokenizer, pairs, preset, "stage2", epochs=epochs, lr=lr, mask_ratio=0.0,
+                       progress=False)
+    b = preset.stage2.batch_size
+    print(f"[{name}] {len(pairs)} pairs, batch {b}, lr {lr:g}, {epochs} epochs ({time.perf_counter() - t0:.0f} s); "
+          f"chance L_c = 2 ln {b} = {2 * math.log(b):.3f}")
+    print("  L_c per epoch: " + " ".join(f"{h['loss_c']:.3f}" for h in history))
+    if held is not None:
+        r = retrieval(model, tokenizer, held, preset)
+        print(f"  held-out ({len(held)} pairs) i2t R@1 {r['i2t_R@1']:.3f}, R@10 {r['i2t_R@10']:.3f}; "
+              f"t2i R@1 {r['t2i_R@1']:.3f}, R@10 {r['t2i_R@10']:.3f} (chance R@1 {1 / len(held):.3f})")
+
+
+def oracle(preset, epochs: int, lr: float) -> None:
+    """CLIP-like training whose image embedding is h_v(Linear(ground-truth finding labels))."""
+    model, tokenizer, pairs, _ = _clip_model(preset)
+    d = preset.data
+    labels = torch.as_tensor(_synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0)[1]).float()
+    model.image_encoder = nn.Linear(labels.shape[1], preset.model.embed_dim)
+    model.image_encoder.register_buffer("pos_embed", torch.zeros(1), persistent=False)
+
+    def forward(self, batch, stage, mask_ratio, temperature=0.07, generator=None):
+        z_v = self.image_proj(self.image_encoder(labels.to(batch["index"].device)[batch["index"]]))
+        loss = info_nce(z_v, self.text_embedding(batch["input_ids"], batch["attention_mask"]), temperature)
+        return {"loss_c": loss, "loss": loss}
+
+    model.forward = types.MethodType(forward, model)
+    _clip_train("oracle: image side = true labels", model, tokenizer, pairs, None, preset, epochs, lr)
+
+
+def contrastive_cnn(preset, epochs: int, lr: float) -> None:
+    model, tokenizer, pairs, held = _clip_model(preset)
+    model.image_encoder = SmallCNN()
+    model.encode_image = types.MethodType(lambda self, imgs, ratio, generator=None:
+                                          (self.image_encoder.tokens(imgs), None, None), model)
+    _clip_train("contrastive-cnn: CLIP-like, SmallCNN image encoder", model, tokenizer, pairs, held, preset,
+                epochs, lr)
+
+
+CHECKS = ("supervised", "probe", "contrastive", "cnn", "oracle", "contrastive-cnn")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=("supervised", "probe", "contrastive"), default=None)
+    ap.add_argument("--only", choices=CHECKS, nargs="+", default=list(CHECKS))
     ap.add_argument("--sup-epochs", type=int, default=8)
     ap.add_argument("--sup-lr", type=float, default=5e-4)
     ap.add_argument("--clip-epochs", type=int, default=12)
     ap.add_argument("--clip-lr", type=float, default=1e-3)
+    ap.add_argument("--cnn-epochs", type=int, default=4, help="cnn: supervised epochs (at --sup-lr)")
+    ap.add_argument("--oracle-epochs", type=int, default=4)
+    ap.add_argument("--clip-cnn-epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"{platform.machine()}, {a.threads} threads, torch {torch.__version__}")
-    if a.only in (None, "supervised"):
+    if "supervised" in a.only:
         supervised(get_preset("tiny"), a.sup_epochs, a.sup_lr)
-    if a.only in (None, "probe"):
+    if "probe" in a.only:
         probe(get_preset("tiny"))
-    if a.only in (None, "contrastive"):
+    if "contrastive" in a.only:
         contrastive(get_preset("tiny"), a.clip_epochs, a.clip_lr)
+    if "cnn" in a.only:
+        cnn(get_preset("tiny"), a.cnn_epochs, a.sup_lr)
+    if "oracle" in a.only:
+        oracle(get_preset("tiny"), a.oracle_epochs, a.clip_lr)
+    if "contrastive-cnn" in a.only:
+        contrastive_cnn(get_preset("tiny"), a.clip_cnn_epochs, a.clip_lr)
 
 
 if __name__ == "__main__":
