@@ -272,7 +272,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     (`models.imagenet_encoder_state`; its rows are cached like the others, so keep one file per ``out``).
     """
     from .data import load_finetune
-    from .train import fraction_indices
+    from .data.fractions import fraction_indices
 
     check_choice("experiment", experiment, EXPERIMENTS)
     check_choice("protocol", protocol, PROTOCOLS)
@@ -331,6 +331,8 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
                     r = finetune(d, preset, state, fraction, device=device, seed=seed, progress=False)
                     r = {"val": r[f"val_{d.metric}"], "test": r[f"test_{d.metric}"]}
                     extra = {"n_train": len(fraction_indices(len(d.train), fraction, seed, d.train.labels))}
+                if method == "imagenet":
+                    extra["weights"] = Path(imagenet_weights).name
                 row = {"experiment": experiment, "method": method, "label": METHODS[method][0], "task": task,
                        "metric": d.metric, "fraction": fraction, "seed": seed, "protocol": protocol, "scale": scale,
                        "val": r["val"], "test": r["test"], **extra, "seconds": round(time.perf_counter() - t0, 1)}

@@ -114,8 +114,11 @@ def test_imagenet_row_from_local_timm_weights(base, tmp_path, monkeypatch):
                   imagenet_weights=weights)
     assert [r["method"] for r in rows] == ["random", "imagenet"]
     assert rows[1]["label"] == "ImageNet init (local timm weights)" and 0 <= rows[1]["test"] <= 1
+    assert rows[1]["weights"] == "vit.safetensors" and "weights" not in rows[0]
     assert rows[0]["test"] != rows[1]["test"]  # a different encoder, not random init again
     assert any("first 2 of its 3 blocks" in s for s in said)
     assert not (tmp_path / "smoke" / "pretrain").exists()  # nothing pre-trained for either row
+    ex.write_report("table1", rows, tmp_path / "smoke", "cmitm experiment table1 --imagenet-weights vit.safetensors")
+    assert "| ImageNet init (local timm weights) |" in (tmp_path / "smoke" / "table1.md").read_text()
     with pytest.raises(ValueError, match="table1 only"):
         ex.run("table2", "smoke", 1, tmp_path, preset=base, imagenet_weights=weights)

@@ -225,7 +225,7 @@ def split_by_patient(records: Sequence, fractions: Sequence[float], seed: int = 
 
 def label_fraction(records: Sequence[LabeledImage], fraction: float, seed: int = 0) -> list[LabeledImage]:
     """About `fraction` of `records`, nested and with every class when the data allow: the records
-    that `datasets.fraction_indices` picks from their labels (what fine-tuning trains on). Records
+    that `fractions.fraction_indices` picks from their labels (what fine-tuning trains on). Records
     keep their original order."""
     if not records:
         check_fraction("fraction", fraction)
