@@ -80,22 +80,8 @@ def probe(preset) -> None:
 
 
 def contrastive(preset, epochs: int, lr: float) -> None:
-    pairs, held = load_pretrain("synth", "", preset, 0)
-    tokenizer = train_tokenizer(pairs.reports, preset.model.vocab_size)
-    preset.model.use_rep_decoder = False  # CLIP-like: image_proj on E_v's mean-pooled tokens
-    seed_everything(0)
-    model = build_model(preset, tokenizer)
-    t0 = time.perf_counter()
-    history = pretrain(model, tokenizer, pairs, preset, "stage2", epochs=epochs, lr=lr, mask_ratio=0.0,
-                       progress=False)
-    b = preset.stage2.batch_size
-    print(f"[contrastive] CLIP-like from scratch, {len(pairs)} pairs, batch {b}, lr {lr:g}, {epochs} epochs "
-          f"({time.perf_counter() - t0:.0f} s); chance L_c = 2 ln {b} = {2 * math.log(b):.3f}")
-    for h in history:
-        print(f"  epoch {h['epoch']:>2}  L_c {h['loss_c']:.3f}")
-    r = retrieval(model, tokenizer, held, preset)
-    print(f"  held-out ({len(held)} pairs) i2t R@1 {r['i2t_R@1']:.3f}, t2i R@1 {r['t2i_R@1']:.3f} "
-          f"(chance {1 / len(held):.3f})")
+    model, tokenizer, pairs, held = _clip_model(preset)
+    _clip_train("contrastive", "CLIP-like from scratch", model, tokenizer, pairs, held, preset, epochs, lr)
 
 
 class SmallCNN(nn.Module):
@@ -156,14 +142,16 @@ def _clip_model(preset):
     return build_model(preset, tokenizer), tokenizer, pairs, held
 
 
-def _clip_train(name, model, tokenizer, pairs, held, preset, epochs, lr) -> None:
+def _clip_train(tag, what, model, tokenizer, pairs, held, preset, epochs, lr) -> None:
+    """Stage 2 without image masking; per epoch L_c against its chance level 2 ln B; held-out recall."""
     t0 = time.perf_counter()
     history = pretrain(model, tokenizer, pairs, preset, "stage2", epochs=epochs, lr=lr, mask_ratio=0.0,
                        progress=False)
     b = preset.stage2.batch_size
-    print(f"[{name}] {len(pairs)} pairs, batch {b}, lr {lr:g}, {epochs} epochs ({time.perf_counter() - t0:.0f} s); "
-          f"chance L_c = 2 ln {b} = {2 * math.log(b):.3f}")
-    print("  L_c per epoch: " + " ".join(f"{h['loss_c']:.3f}" for h in history))
+    print(f"[{tag}] {what}, {len(pairs)} pairs, batch {b}, lr {lr:g}, {epochs} epochs "
+          f"({time.perf_counter() - t0:.0f} s); chance L_c = 2 ln {b} = {2 * math.log(b):.3f}")
+    for h in history:
+        print(f"  epoch {h['epoch']:>2}  L_c {h['loss_c']:.3f}")
     if held is not None:
         r = retrieval(model, tokenizer, held, preset)
         print(f"  held-out ({len(held)} pairs) i2t R@1 {r['i2t_R@1']:.3f}, R@10 {r['i2t_R@10']:.3f}; "
@@ -184,7 +172,7 @@ def oracle(preset, epochs: int, lr: float) -> None:
         return {"loss_c": loss, "loss": loss}
 
     model.forward = types.MethodType(forward, model)
-    _clip_train("oracle: image side = true labels", model, tokenizer, pairs, None, preset, epochs, lr)
+    _clip_train("oracle", "image side = true labels", model, tokenizer, pairs, None, preset, epochs, lr)
 
 
 def contrastive_cnn(preset, epochs: int, lr: float) -> None:
@@ -192,7 +180,7 @@ def contrastive_cnn(preset, epochs: int, lr: float) -> None:
     model.image_encoder = SmallCNN()
     model.encode_image = types.MethodType(lambda self, imgs, ratio, generator=None:
                                           (self.image_encoder.tokens(imgs), None, None), model)
-    _clip_train("contrastive-cnn: CLIP-like, SmallCNN image encoder", model, tokenizer, pairs, held, preset,
+    _clip_train("contrastive-cnn", "CLIP-like, SmallCNN image encoder", model, tokenizer, pairs, held, preset,
                 epochs, lr)
 
 
