@@ -130,8 +130,9 @@ def finetune_cmd(args: argparse.Namespace) -> None:
     data = load_finetune(args.dataset, args.data_root, preset, args.seed)
     rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      device=args.device, seed=args.seed, num_workers=args.num_workers) for f in args.fractions]
+    init = f"imagenet:{Path(args.imagenet_weights).name}" if args.imagenet_weights else "random"
     for r in rows:
-        r["init"] = args.checkpoint_in or (f"imagenet:{args.imagenet_weights}" if args.imagenet_weights else "random")
+        r["init"] = args.checkpoint_in or init
     out = resolve(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "finetune_metrics.json").write_text(json.dumps(rows, indent=2))
@@ -203,7 +204,8 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     for name in names:
         rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions,
                       imagenet_weights=args.imagenet_weights or None)
-        command = f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}{fractions}{weights}"
+        command = (f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}"
+                   f"{fractions}{weights}")
         paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
         print(Path(paths["markdown"]).read_text())
         print("written: " + ", ".join(paths.values()))
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=None, help="default: the preset's for the fraction")
     p.add_argument("--checkpoint-in", default="", help="pre-trained checkpoint; empty = random init")
     p.add_argument("--imagenet-weights", default="",
-                   help="E_v from a local timm ViT checkpoint (.safetensors), e.g. ImageNet ViT-B/16 for the paper preset")
+                   help="E_v from a local timm ViT checkpoint (.safetensors), e.g. ImageNet ViT-B/16 for the "
+                        "paper preset")
     p.add_argument("--out-dir", default="runs/finetune")
     p.set_defaults(func=finetune_cmd)
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
