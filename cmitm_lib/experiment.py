@@ -534,7 +534,8 @@ def pretrain_seconds(out: str | Path) -> dict[str, float]:
 
 def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
     """A markdown page from every experiment section found in ``out`` (one scale's folder), with
-    the plots copied next to it and the pre-training times; every number comes from ``out``."""
+    the plots copied next to it (``<docs stem>_<experiment>.png``) and the pre-training times; every
+    number comes from ``out``."""
     import os
     import platform
     import shutil
@@ -560,7 +561,7 @@ def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
             parts.append(md.read_text())
             png = out / f"{name}.png"
             if png.is_file():
-                target = docs.parent / f"results_{name}.png"
+                target = docs.parent / f"{docs.stem}_{name}.png"  # results.md -> results_table1.png
                 shutil.copyfile(png, target)
                 parts.append(f"![{name}]({target.name})\n")
     seconds = pretrain_seconds(out)
