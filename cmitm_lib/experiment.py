@@ -450,8 +450,9 @@ def plot(summary: list[dict], rows: list[dict], title: str = ""):
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = df[df["task"] == task]
+        dodge = 0.3 if sub["method"].nunique() > 1 else False  # seaborn divides by (methods - 1)
         sns.pointplot(data=sub, x="labels", y="test x100", hue="method", ax=ax, errorbar=("ci", 95),
-                      dodge=0.3, markersize=4, linewidth=1.2, legend=ax is axes[0][-1])
+                      dodge=dodge, markersize=4, linewidth=1.2, legend=ax is axes[0][-1])
         ax.set_title(f"{task} ({sub['metric'].iloc[0]})", fontsize=9)
         ax.set_xlabel("labelled training images")
     if axes[0][-1].get_legend() is not None:

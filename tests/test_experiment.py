@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,14 @@ def test_imagenet_row_from_local_timm_weights(base, tmp_path, monkeypatch):
     assert "| ImageNet init (local timm weights) |" in (tmp_path / "smoke" / "table1.md").read_text()
     with pytest.raises(ValueError, match="table1 only"):
         ex.run("table2", "smoke", 1, tmp_path, preset=base, imagenet_weights=weights)
+
+
+def test_report_with_a_single_method(tmp_path):
+    """The calibration experiment has one method (random init); its plot must not divide by zero."""
+    rows = [{"experiment": "calibration", "method": "random", "label": ex.METHODS["random"][0], "task": task,
+             "metric": "auc", "fraction": f, "seed": seed, "protocol": "finetune", "scale": "smoke",
+             "val": 0.5, "test": 0.5 + 0.1 * f + 0.01 * seed}
+            for task in ("synth", "synth-rsna") for f in (0.01, 0.1, 1.0) for seed in (0, 1)]
+    paths = ex.write_report("calibration", rows, tmp_path, "cmitm experiment calibration --protocol finetune")
+    assert all(Path(p).is_file() for p in paths.values())
+    assert "| random init |" in (tmp_path / "calibration_finetune.md").read_text()
