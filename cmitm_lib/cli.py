@@ -1,11 +1,14 @@
 """The ``cmitm`` console script: the end-to-end demo, pre-training, fine-tuning, data tools.
 
-Flags map one to one onto the notebooks' parameters (``--batch-size`` is ``batch_size``).
+Flags are named after the notebooks' parameters where both exist (``--batch-size`` is
+``batch_size``, ``--dataset`` of ``cmitm finetune`` is ``finetune_dataset``). Bad input ends in one
+``cmitm: error: ...`` line that names the problem and the fix; set CMITM_DEBUG=1 for the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +25,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--cache-dir", default="", help="real data: resized copies made by `cmitm data cache`")
+    p.add_argument("--reports-root", default="", help="MIMIC-CXR: folder of the extracted reports (default: "
+                   "--data-root)")
+    p.add_argument("--split-files", default="", help="real data: official / MRM split lists replacing the "
+                   "seeded split (see data/README.md)")
+
+
+def _reader_options(args: argparse.Namespace) -> dict:
+    """--cache-dir / --reports-root / --split-files that were given, as paths for the dataset reader."""
+    return {k: str(resolve(v)) for k, v in (("cache_dir", args.cache_dir), ("reports_root", args.reports_root),
+                                            ("split_files", args.split_files)) if v}
 
 
 def demo(args: argparse.Namespace) -> dict:
@@ -36,7 +50,7 @@ def demo(args: argparse.Namespace) -> dict:
     preset = get_preset(args.preset)
     t0 = time.perf_counter()
     timings = {}
-    train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed)
+    train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     tokenizer = train_tokenizer(train_pairs.reports, preset.model.vocab_size)
     model = build_model(preset, tokenizer)
     timings["data"] = time.perf_counter() - t0
@@ -51,7 +65,7 @@ def demo(args: argparse.Namespace) -> dict:
         timings[stage] = time.perf_counter() - t
         print(f"{stage}: {timings[stage]:.0f} s, held-out i2t R@1 = {history[f'{stage}_retrieval']['i2t_R@1']:.3f}")
     stage1_encoder = _encoder_from(out / "stage1")
-    ft_data = load_finetune(args.dataset if args.dataset == "synth" else "synth", "", preset, args.seed)
+    ft_data = load_finetune("synth", "", preset, args.seed)  # the embedded task, whatever pre-trained
     rows = []
     t = time.perf_counter()
     for init, state in (("random", None), ("stage 1 only (MRM-like)", stage1_encoder), ("CMITM", encoder_state(model))):
@@ -83,10 +97,13 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
                      **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                           ("mask_ratio", args.mask_ratio)) if v is not None})
     out = resolve(args.checkpoint_out)
+    if stage == "stage2" and not args.checkpoint_in and not args.resume:
+        print("note: stage 2 without --checkpoint-in starts from random weights: that is the 'CCL only' "
+              "ablation, not CMITM (pass --checkpoint-in <stage-1 checkpoint> for the cascade)")
     if args.resume:
         resume.find(out)  # fail before any data is loaded
     preset = get_preset(args.preset)
-    train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed)
+    train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     if args.checkpoint_in:
         model, tokenizer, preset, _ = load_checkpoint(args.checkpoint_in, expect_preset=args.preset)
     else:
@@ -127,7 +144,7 @@ def finetune_cmd(args: argparse.Namespace) -> None:
         from .models import imagenet_encoder_state
 
         encoder = imagenet_encoder_state(preset.model, resolve(args.imagenet_weights))
-    data = load_finetune(args.dataset, args.data_root, preset, args.seed)
+    data = load_finetune(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      device=args.device, seed=args.seed, num_workers=args.num_workers) for f in args.fractions]
     init = f"imagenet:{Path(args.imagenet_weights).name}" if args.imagenet_weights else "random"
@@ -149,11 +166,11 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
     from .checkpoint import load_checkpoint
     from .config import check_choice
     from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS, load_finetune, load_pretrain
-    from .evaluate import evaluate_model, format_evaluation
+    from .evaluate import PROMPTS, evaluate_model, format_evaluation
     from .text import train_tokenizer
     from .train import build_model, seed_everything
 
-    check_choice("dataset", args.dataset, tuple(dict.fromkeys(PRETRAIN_DATASETS + FINETUNE_DATASETS)))
+    check_choice("dataset", args.dataset, tuple(dict.fromkeys(PRETRAIN_DATASETS + tuple(PROMPTS))))
     check_parameters(device=args.device)
     if not args.checkpoint and not args.random_init:
         raise ValueError("cmitm evaluate needs --checkpoint DIR (a pre-trained checkpoint folder) or --random-init")
@@ -163,9 +180,11 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
     else:
         check_parameters(preset=args.preset)
         preset, tokenizer, name = get_preset(args.preset), None, "random init"
-    train_pairs, pairs = (load_pretrain(args.dataset, args.data_root, preset, args.seed)
+    options = _reader_options(args)
+    train_pairs, pairs = (load_pretrain(args.dataset, args.data_root, preset, args.seed, **options)
                           if args.dataset in PRETRAIN_DATASETS else (None, None))
-    labelled = load_finetune(args.dataset, args.data_root, preset, args.seed) if args.dataset in FINETUNE_DATASETS else None
+    labelled = (load_finetune(args.dataset, args.data_root, preset, args.seed, **options)
+                if args.dataset in FINETUNE_DATASETS else None)
     if tokenizer is None:
         if train_pairs is None:
             raise ValueError(f"--random-init without --checkpoint needs report text for a vocabulary; dataset "
@@ -196,16 +215,17 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     """Run (or resume) the grid of one experiment, or all four; write CSV, plots and markdown."""
     from . import experiment as ex
 
-    scale = "quick" if args.quick else args.scale
+    scale = "quick" if args.quick else args.scale or "full"
     names = [n for n in ex.EXPERIMENTS if n != "calibration"] if args.experiment == "all" else [args.experiment]
-    seeds = args.seeds or ex.SCALES[scale][0]
+    seeds = ex.SCALES[scale][0] if args.seeds is None else args.seeds
     fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
     weights = f" --imagenet-weights {args.imagenet_weights}" if args.imagenet_weights else ""
     for name in names:
+        table1 = name == "table1"  # the ImageNet row belongs to Table 1 only (also under "all")
         rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions,
-                      imagenet_weights=args.imagenet_weights or None)
+                      imagenet_weights=(args.imagenet_weights or None) if table1 else None)
         command = (f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}"
-                   f"{fractions}{weights}")
+                   f"{fractions}{weights if table1 else ''}")
         paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
         print(Path(paths["markdown"]).read_text())
         print("written: " + ", ".join(paths.values()))
@@ -273,9 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
     p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "all"),
                    help="calibration: random init at 1/10/100%% on every task (use with --protocol finetune)")
-    p.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
-    p.add_argument("--scale", default="full", choices=("smoke", "quick", "full"),
-                   help="smoke: seconds, numbers meaningless; quick: 1 seed; full: the tiny preset, 3 seeds")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
+    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full"),
+                       help="default full (the tiny preset, 3 seeds; about an hour per experiment on 2 CPU "
+                            "cores); quick: 1 seed, shorter pre-training; smoke: a few minutes, numbers "
+                            "meaningless")
     p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full 3)")
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
@@ -293,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="fresh weights (the checkpoint's architecture and vocabulary, else --preset's)")
     p.set_defaults(func=evaluate_cmd)
-    pd = sub.add_parser("data", help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
-    pd.add_argument("data_command", choices=("summary", "cache"))
+    pd = sub.add_parser("data", add_help=False, help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
+    pd.add_argument("data_command", nargs="?", choices=("summary", "cache"))
     sub.add_parser("bench", add_help=False,
                    help="time a training step on synthetic inputs: `cmitm bench --help`")
     args, rest = parser.parse_known_args(argv)
@@ -306,11 +329,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "data":  # the data tools parse their own flags
         from .data import cache, summary
 
+        if args.data_command is None:
+            parser.error("cmitm data needs a tool: `cmitm data summary --help` or `cmitm data cache --help`")
         sys.exit((summary if args.data_command == "summary" else cache).main(rest))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.func(args)
 
 
+def entry() -> None:
+    """The console script: `main`, with bad input reported as one line instead of a traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        if os.environ.get("CMITM_DEBUG"):
+            raise
+        sys.exit(f"cmitm: error: {err}")
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -85,11 +85,24 @@ def scaled_preset(scale: str, base: Preset | None = None) -> Preset:
 # ------------------------------------------------------------------ pre-training with a cache
 
 
-def chain_keys(recipe: tuple) -> list[str]:
-    """Folder names of the links of a recipe, e.g. ["stage1", "stage1__stage2-m0"]."""
+def _is_default(stage: str, key: str, value, preset: Preset | None) -> bool:
+    """An option that only restates the preset (e.g. stage 2's own mask ratio) changes no training."""
+    if key in ("epochs", "lr"):
+        return True  # resolved from the preset by _step_arguments, not part of the name
+    if preset is None:
+        return False
+    if key == "mask_ratio" and stage in ("stage1", "stage2"):
+        return value == getattr(preset, stage).mask_ratio
+    return key == "rep_decoder" and value is True and preset.model.use_rep_decoder
+
+
+def chain_keys(recipe: tuple, preset: Preset | None = None) -> list[str]:
+    """Folder names of the links of a recipe, e.g. ["stage1", "stage1__stage2-m0"]. With ``preset``,
+    options equal to the preset's own values are left out, so the same training shares one folder
+    (Fig. 3's ratio 0.75 is the CMITM link)."""
     keys, prefix = [], ""
     for stage, opts in recipe:
-        tag = stage + "".join(f"-{k[0]}{v}" for k, v in sorted(opts.items()) if k != "epochs" and k != "lr")
+        tag = stage + "".join(f"-{k[0]}{v}" for k, v in sorted(opts.items()) if not _is_default(stage, k, v, preset))
         prefix = f"{prefix}__{tag}" if prefix else tag
         keys.append(prefix)
     return keys
@@ -131,7 +144,7 @@ def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=pr
     if not recipe:
         return None
     root = out / "pretrain" / f"seed{seed}"
-    keys = chain_keys(recipe)
+    keys = chain_keys(recipe, preset)
     done = [i for i, k in enumerate(keys) if (root / k / "config.json").is_file()]
     start = done[-1] + 1 if done else 0
     if start == len(keys):
@@ -260,6 +273,22 @@ def read_results(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def check_same_preset(out: Path, preset: Preset) -> None:
+    """Refuse an output folder whose cached checkpoints and rows were made with another preset: the
+    cache keys name methods and seeds, not epochs or sizes, so they would be reused silently."""
+    saved = out / "preset.json"
+    if not saved.is_file():
+        return
+    old, new = json.loads(saved.read_text()), json.loads(json.dumps(preset.to_dict()))
+    diff = [f"{part}.{k}: {old[part].get(k)!r} -> {v!r}" for part in new if isinstance(new[part], dict)
+            for k, v in new[part].items() if old.get(part, {}).get(k) != v]
+    diff += [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if not isinstance(v, dict) and old.get(k) != v]
+    if diff:
+        raise ValueError(f"{out} holds results made with another preset ({'; '.join(diff)}); its cached "
+                         f"checkpoints and rows would be reused as if they were this preset's. Pass another "
+                         f"output folder (--out DIR / out_dir) or delete {out} to start over")
+
+
 def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
         protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print,
         fractions: tuple[float, ...] | None = None, imagenet_weights: str | Path | None = None) -> list[dict]:
@@ -281,6 +310,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     preset = scaled_preset(scale, preset)
     out = resolve(out) / scale
     out.mkdir(parents=True, exist_ok=True)
+    check_same_preset(out, preset)
     (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
     methods, tasks, default_fractions = EXPERIMENTS[experiment]
     if imagenet_weights is not None:

@@ -27,7 +27,12 @@ def test_recipes_share_their_stage1_link():
     for m in ("cmitm", "no_mask", "no_rep", "cmitm_m0.5"):
         assert keys[m][0] == "stage1" and len(keys[m]) == 2
     assert len({keys[m][-1] for m in ("cmitm", "no_mask", "no_rep", "cmitm_m0.5", "cmitm_m0.9")}) == 5
-    assert keys["cmitm_m0.75"] != keys["cmitm"]  # same training, but spelled out: its own cache entry
+    assert keys["cmitm_m0.75"] != keys["cmitm"]  # without a preset the ratio is spelled out
+    tiny = ex.scaled_preset("quick")
+    keys = {m: ex.chain_keys(r, tiny) for m, (_, r) in ex.METHODS.items()}
+    assert keys["cmitm_m0.75"] == keys["cmitm"] == ["stage1", "stage1__stage2"]  # same training, one folder
+    assert keys["no_mask"] == keys["cmitm_m0"] == ["stage1", "stage1__stage2-m0.0"]
+    assert keys["no_rep"][-1] == "stage1__stage2-rFalse" and keys["ccl"] == ["stage2"]
     for name, (methods, tasks, fractions) in ex.EXPERIMENTS.items():
         assert set(methods) <= set(ex.METHODS) and set(tasks) <= set(ex.ALL_TASKS), name
 
@@ -87,6 +92,17 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     docs = ex.write_docs(tmp_path / "smoke", tmp_path / "docs" / "results.md", "cmitm experiment table2")
     assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
     assert all(p for p in paths.values())
+
+
+def test_output_folder_of_another_preset_is_refused(base, tmp_path):
+    ex.check_same_preset(tmp_path, base)  # nothing saved yet: fine
+    (tmp_path / "preset.json").write_text(json.dumps(base.to_dict()))
+    ex.check_same_preset(tmp_path, copy.deepcopy(base))  # same values: fine
+    longer = copy.deepcopy(base)
+    longer.stage2.epochs += 5
+    e = base.stage2.epochs
+    with pytest.raises(ValueError, match=rf"stage2\.epochs: {e} -> {e + 5}.*another output folder"):
+        ex.check_same_preset(tmp_path, longer)
 
 
 def test_bad_arguments(base, tmp_path):

@@ -235,6 +235,16 @@ def test_mimic_pairs_splits_views_and_reports_root(tmp_path):
     with pytest.raises(DatasetLayoutError):
         real.read_mimic(tmp_path / "mimic", reports_root=tmp_path / "nowhere")
     assert [p.report for p in real.read_mimic(root, reports_root=reports)[0]] == [p.report for p in pairs]
+    # the loaders the CLI and notebooks use forward reader options (`--reports-root` etc.) and check them
+    from cmitm_lib.config import get_preset
+    from cmitm_lib.data import load_finetune, load_pretrain
+
+    train, held = load_pretrain("mimic", str(root), get_preset("tiny"), reports_root=str(reports))
+    assert sorted(train.reports + held.reports) == sorted(p.report for p in pairs)
+    with pytest.raises(ValueError, match="mimic reader takes no labels_file; its options: .*reports_root"):
+        load_pretrain("mimic", str(root), get_preset("tiny"), labels_file="x.csv")
+    with pytest.raises(ValueError, match="cache_dir apply to real datasets only"):
+        load_finetune("synth", "", get_preset("tiny"), cache_dir="somewhere")
 
 
 # --- Open-i --------------------------------------------------------------------------------------

@@ -55,23 +55,47 @@ def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
     return b.images, b.labels, b.reports, b.patient_ids
 
 
-def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0) -> tuple[PairData, PairData]:
-    """(train pairs, held-out pairs)."""
+def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0, **options) -> tuple[PairData, PairData]:
+    """(train pairs, held-out pairs). ``options`` go to a real dataset's reader (`data.real`), e.g.
+    ``cache_dir`` (resized copies, `cmitm data cache`), ``reports_root`` (MIMIC), ``split_files``."""
     check_choice("dataset", name, PRETRAIN_DATASETS)
     d = preset.data
     if name == "synth":
         imgs, _, reports, pids = _synth_batch(d.n_pretrain, seed, d.synth_size, "pretrain", 0)
         h_imgs, _, h_reports, h_pids = _synth_batch(d.n_heldout, seed, d.synth_size, "pretrain", d.n_pretrain)
         return PairData(imgs, reports, pids), PairData(h_imgs, h_reports, h_pids)
-    return _real_pairs(name, root, seed)
+    _no_options_for_synth(name, options)
+    return _real_pairs(name, root, seed, options)
 
 
-def load_finetune(name: str, root: str, preset: Preset, seed: int = 0) -> FinetuneData:
+def load_finetune(name: str, root: str, preset: Preset, seed: int = 0, **options) -> FinetuneData:
+    """Train / val / test of a downstream task; ``options`` as for `load_pretrain`."""
     check_choice("dataset", name, FINETUNE_DATASETS)
-    d = preset.data
     if name in SYNTH_TASKS:
+        _no_options_for_synth(name, options)
         return _synth_task(name, preset, seed)
-    return _real_labels(name, root, seed)
+    return _real_labels(name, root, seed, options)
+
+
+def _no_options_for_synth(name: str, options: dict) -> None:
+    if name.startswith("synth") and options:
+        raise ValueError(f"{', '.join(options)} apply to real datasets only; the embedded {name} data is "
+                         f"generated, not read: drop them")
+
+
+def _read(readers: dict, name: str, root: str, seed: int, options: dict):
+    """Call a real dataset's reader; options it does not take are named with the ones it does."""
+    import inspect
+
+    if not root:
+        raise ValueError(f"dataset={name!r} needs data_root=<folder with the official files> (--data-root); "
+                         f"see data/README.md")
+    reader = readers[name]
+    takes = [k for k in inspect.signature(reader).parameters if k not in ("root", "seed")]
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        raise ValueError(f"the {name} reader takes no {', '.join(unknown)}; its options: {', '.join(takes)}")
+    return reader(str(resolve(root)), seed=seed, **options)
 
 
 def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
@@ -129,12 +153,10 @@ def _heldout(patient_id: str, fraction: float = 0.05) -> bool:
     return zlib.crc32(patient_id.encode()) % 1000 < fraction * 1000
 
 
-def _real_pairs(name: str, root: str, seed: int) -> tuple[PairData, PairData]:
+def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairData, PairData]:
     from .real import PAIR_DATASETS
 
-    if not root:
-        raise ValueError(f"dataset={name!r} needs data_root=<folder with the official files>; see data/README.md")
-    pairs, skipped = PAIR_DATASETS[name](str(resolve(root)), seed=seed)
+    pairs, skipped = _read(PAIR_DATASETS, name, root, seed, options)
     if skipped:
         print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
     split = [_heldout(p.patient_id) for p in pairs]
@@ -147,12 +169,10 @@ def _real_pairs(name: str, root: str, seed: int) -> tuple[PairData, PairData]:
     return to_data(train), to_data(held)
 
 
-def _real_labels(name: str, root: str, seed: int) -> FinetuneData:
+def _real_labels(name: str, root: str, seed: int, options: dict) -> FinetuneData:
     from .real import LABEL_DATASETS
 
-    if not root:
-        raise ValueError(f"dataset={name!r} needs data_root=<folder with the official files>; see data/README.md")
-    s = LABEL_DATASETS[name](str(resolve(root)), seed=seed)
+    s = _read(LABEL_DATASETS, name, root, seed, options)
     if s.skipped:
         print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in s.skipped.items()))
 
