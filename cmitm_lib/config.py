@@ -194,8 +194,8 @@ def check_fraction(param: str, value: Any) -> None:
 def check_parameters(**params: Any) -> None:
     """Check a notebook's or command's parameters up front, before any data is made or read.
 
-    Knows: preset, dataset (pre-training or fine-tuning names), epochs, batch_size, lr, mask_ratio,
-    fraction(s), device, checkpoint_every, resume, accum_steps. Unknown names are an error too, so a
+    Knows: preset, dataset (pre-training names), finetune_dataset, epochs, finetune_epochs, batch_size,
+    lr, mask_ratio, fractions, device, checkpoint_every, resume, accum_steps. Unknown names are an error too, so a
     typo cannot pass unnoticed.
     """
     from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS
@@ -214,7 +214,7 @@ def check_parameters(**params: Any) -> None:
         elif name == "checkpoint_every":
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"checkpoint_every={value!r} must be an integer >= 0 (steps between resume "
-                                 f"checkpoints; 0: at the end of each epoch only)")
+                                 f"checkpoints; 0: none between epoch ends)")
         elif name == "resume":
             if not isinstance(value, bool):
                 raise ValueError(f"resume={value!r} must be True or False")

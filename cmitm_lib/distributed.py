@@ -160,13 +160,6 @@ def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = True) -> nn
     return DistributedDataParallel(model)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP (or torch.compile) wrapper, for saving and for helpers such as
-    `models.copy_decoder_embedding`."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def distributed_sampler(dataset: Dataset, shuffle: bool = True, seed: int = 0,
                         drop_last: bool = True) -> DistributedSampler | None:
     """Each rank's shard of ``dataset`` when world size > 1 (pass it as the DataLoader's sampler,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .config import Preset, check_choice, check_fraction, check_positive_int, get_preset
+from .data import SYNTH_TASKS
 from .paths import resolve
 
 # name -> (label, recipe). A recipe is a tuple of (stage, options); options: mask_ratio,
@@ -49,7 +50,7 @@ FIG3_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
 for _r in FIG3_RATIOS:
     METHODS[f"cmitm_m{_r:g}"] = (f"CMITM, stage-2 mask ratio {_r:g}", (("stage1", {}), ("stage2", {"mask_ratio": _r})))
 
-ALL_TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")
+ALL_TASKS = SYNTH_TASKS  # the four embedded downstream tasks (data/tasks.py)
 EXPERIMENTS = {  # name -> methods, tasks, fractions (the paper's choices for each table / figure)
     "table1": (("random", "mae", "mrm", "clip", "cmitm"), ALL_TASKS, (0.01, 0.1, 1.0)),
     "table2": (("cmitm", "joint", "no_mask", "no_rep"), ("synth-rsna", "synth-covidx"), (0.01,)),
@@ -563,6 +564,16 @@ def pretrain_seconds(out: str | Path) -> dict[str, float]:
     return totals
 
 
+def _shown(path: Path) -> str:
+    """A path as the reader of a docs page can use it: relative to the repository root when inside it."""
+    from .paths import repo_root
+
+    try:
+        return str(path.relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
 def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
     """A markdown page from every experiment section found in ``out`` (one scale's folder), with
     the plots copied next to it (``<docs stem>_<experiment>.png``) and the pre-training times; every
@@ -579,7 +590,7 @@ def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
         "# Results on the embedded benchmark (SynthCXR)\n",
         f"Assembled by `{command}` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} "
         f"CPU cores, torch "
-        f"{torch.__version__}) from the sections that the runs in `runs/experiments/{out.name}/` wrote; each "
+        f"{torch.__version__}) from the sections that the runs in `{_shown(out)}/` wrote; each "
         "section names the command that made it, and every number is in the CSV it names.\n",
         f"Pre-training: {d['n_pretrain']} SynthCXR pairs (pre-training acquisition domain), stage 1 "
         f"{s1['epochs']} epochs (lr {s1['lr']:g}), stage 2 {s2['epochs']} epochs (lr {s2['lr']:g}), batch "

@@ -38,6 +38,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset, Sampler
 
+from .paths import resolve
+
 FILE = "resume.safetensors"
 FORMAT = "cmitm-resume-1"
 
@@ -105,7 +107,7 @@ def as_is(batch):
 # ---------------------------------------------------------------------------------------------
 def checkpoint_path(where: str | Path) -> Path:
     """The checkpoint file: ``where`` itself if it is a file, else ``where/resume.safetensors``."""
-    where = Path(where)
+    where = resolve(where)
     return where if where.suffix == ".safetensors" else where / FILE
 
 

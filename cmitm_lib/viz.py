@@ -146,27 +146,30 @@ def _show(fig):
     plt.close(fig)
 
 
-def masking_widget(images: torch.Tensor, patch_size: int):
-    """Mask-ratio slider and sample picker over ``images`` (N, 1, H, W)."""
+def masking_widget(images: torch.Tensor, patch_size: int, mask_ratio: float = 0.75):
+    """Mask-ratio slider (starting at ``mask_ratio``) and sample picker over ``images`` (N, 1, H, W)."""
     import ipywidgets as w
 
     def draw(sample: int, mask_ratio: float, seed: int):
         _show(masking_figure(images[sample : sample + 1], mask_ratio, patch_size, seed))
 
     return w.interactive(draw, sample=w.IntSlider(0, 0, images.shape[0] - 1, description="sample"),
-                         mask_ratio=w.FloatSlider(value=0.75, min=0.05, max=0.95, step=0.05, description="mask ratio"),
+                         mask_ratio=w.FloatSlider(value=mask_ratio, min=0.05, max=0.95, step=0.05,
+                                                  description="mask ratio"),
                          seed=w.IntSlider(0, 0, 20, description="mask seed"))
 
 
-def reconstruction_widget(model: CMITM, images: torch.Tensor, targets: torch.Tensor):
-    """Pick a sample and a mask ratio; see input, masked input, reconstruction and 2x target."""
+def reconstruction_widget(model: CMITM, images: torch.Tensor, targets: torch.Tensor, mask_ratio: float = 0.75):
+    """Pick a sample and a mask ratio (starting at ``mask_ratio``); see input, masked input,
+    reconstruction and 2x target."""
     import ipywidgets as w
 
     def draw(sample: int, mask_ratio: float, seed: int):
         _show(reconstruction_figure(model, images[sample : sample + 1], targets[sample : sample + 1], mask_ratio, seed))
 
     return w.interactive(draw, sample=w.IntSlider(0, 0, images.shape[0] - 1, description="sample"),
-                         mask_ratio=w.FloatSlider(value=0.75, min=0.05, max=0.95, step=0.05, description="mask ratio"),
+                         mask_ratio=w.FloatSlider(value=mask_ratio, min=0.05, max=0.95, step=0.05,
+                                                  description="mask ratio"),
                          seed=w.IntSlider(0, 0, 20, description="mask seed"))
 
 

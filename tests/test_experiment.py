@@ -91,6 +91,7 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     assert "- image masking in stage 2" in md and "synth-covidx acc 1%" in md
     docs = ex.write_docs(tmp_path / "smoke", tmp_path / "docs" / "results.md", "cmitm experiment table2")
     assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
+    assert f"the runs in `{tmp_path / 'smoke'}/` wrote" in docs.read_text()  # the folder it read, not a guess
     assert all(p for p in paths.values())
 
 

@@ -63,6 +63,8 @@ def test_widgets_build(micro_preset, micro_pairs, micro_tokenizer):
     w = viz.masking_widget(images, micro_preset.model.patch_size)
     assert {c.description for c in w.children[:-1]} == {"sample", "mask ratio", "mask seed"}
     assert viz.reconstruction_widget(model, images, targets).children[0].max == 2
+    ratio = {c.description: c.value for c in viz.reconstruction_widget(model, images, targets, 0.9).children[:-1]}
+    assert ratio["mask ratio"] == 0.9  # starts where the notebook's mask_ratio parameter is
     assert viz.similarity_widget({"a": torch.eye(3)}, ["x", "y", "z"]).children[0].options == ("a",)
 
 

@@ -18,7 +18,7 @@ from ..paths import cache_dir, resolve
 from .datasets import FinetuneData, LabelData, PairData
 
 PRETRAIN_DATASETS = ("synth", "mimic", "openi")
-SYNTH_TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")  # see data/tasks.py
+from .tasks import TASKS as SYNTH_TASKS  # noqa: E402  the four embedded downstream tasks
 FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx")
 
 

@@ -1,6 +1,6 @@
 """One-off preprocessing: every image of a dataset decoded and resized once, kept as a uint8 PNG.
 
-    python -m cmitm_lib.data.cache --dataset nih --root /data/nih --out /data/cache/nih --size 512
+    cmitm data cache --dataset nih --root /data/nih --out /data/cache/nih --size 512
 
 * Mirror tree: ``<root>/images_001/images/x.png`` -> ``<out>/images_001/images/x.png``,
   ``<root>/stage_2_train_images/y.dcm`` -> ``<out>/stage_2_train_images/y.png``.
@@ -30,6 +30,7 @@ from cmitm_lib.data.images import (
     ImageReadError, load_image, mirror_path, read_manifest, resize_shorter_side, save_png, write_manifest,
 )
 from cmitm_lib.data.real import DATASET_NAMES, PAIR_DATASETS, DatasetLayoutError, get_reader
+from cmitm_lib.paths import resolve
 
 
 def _cache_one(task: tuple[str, str, int]) -> tuple[str, str, str]:
@@ -81,7 +82,7 @@ def build_cache(dataset: str, root, out, size: int = 512, workers: int = 1, prog
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m cmitm_lib.data.cache`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m cmitm_lib.data.cache", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cmitm data cache", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     parser.add_argument("--root", required=True, help="folder holding the official files")
     parser.add_argument("--out", required=True, help="cache folder (one per dataset and size)")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = {"reports_root": args.reports_root} if args.reports_root else {}
     try:
-        counts = build_cache(args.dataset, args.root, args.out, args.size, args.workers, **options)
+        counts = build_cache(args.dataset, resolve(args.root), resolve(args.out), args.size, args.workers, **options)
     except DatasetLayoutError as err:
         print(err, file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """`cmitm data summary`: what a dataset folder holds, read from its label files alone.
 
-    python -m cmitm_lib.data.summary --dataset nih --root /data/nih [--json]
+    cmitm data summary --dataset nih --root /data/nih [--json]
 
 Images are not required: the readers run with ``check_images=False`` and the images missing on
 disk are reported as a count (``missing_images``).
@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from cmitm_lib.data.real import DATASET_INFO, DATASET_NAMES, LABEL_DATASETS, DatasetLayoutError, get_reader
+from cmitm_lib.paths import resolve
 
 
 def _count(records, classes) -> dict:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = {"reports_root": args.reports_root} if args.reports_root else {}
     try:
-        summary = summarize(args.dataset, args.root, **options)
+        summary = summarize(args.dataset, resolve(args.root), **options)
     except DatasetLayoutError as err:
         print(err, file=sys.stderr)
         return 2
