@@ -82,3 +82,20 @@ def test_cuda_request_without_cuda_is_an_error():
 def test_paper_preset_with_synth_says_what_to_do():
     with pytest.raises(ValueError, match="use preset='tiny' with synth"):
         load_pretrain("synth", "", get_preset("paper"))
+
+
+def test_console_script_reports_bad_input_in_one_line(monkeypatch, capsys):
+    from cmitm_lib import cli
+
+    monkeypatch.setattr("sys.argv", ["cmitm", "evaluate", "--dataset", "synth-rsna", "--random-init"])
+    monkeypatch.delenv("CMITM_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.entry()
+    assert str(exit_info.value).startswith("cmitm: error: dataset='synth-rsna' is not valid")
+    monkeypatch.setenv("CMITM_DEBUG", "1")  # the traceback, for bug reports
+    with pytest.raises(ValueError, match="synth-rsna"):
+        cli.entry()
+    monkeypatch.setattr("sys.argv", ["cmitm", "experiment", "table1", "--quick", "--scale", "full"])
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert "not allowed with argument --quick" in capsys.readouterr().err
