@@ -10,6 +10,7 @@ Two presets:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,19 @@ def check_ratio(param: str, value: Any, allow_zero: bool = False) -> None:
 def check_fraction(param: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
         raise ValueError(f"{param}={value!r} is not valid; it must lie in (0, 1], e.g. 0.01, 0.1 or 1.0")
+
+
+def parse_mapping(param: str, value: Any) -> dict:
+    """A dict parameter as papermill gives it: a dict (``-y``) or JSON text (``-p``)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{param}={value!r} is not valid JSON ({err}); pass e.g. "
+                             f"-y '{param}: {{cache_dir: /data/cache}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{param}={value!r} must be a dict, e.g. {{\"cache_dir\": \"/data/cache\"}}")
+    return value
 
 
 def check_parameters(**params: Any) -> None:

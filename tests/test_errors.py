@@ -99,3 +99,15 @@ def test_console_script_reports_bad_input_in_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.entry()
     assert "not allowed with argument --quick" in capsys.readouterr().err
+
+
+def test_dict_parameters_from_papermill():
+    from cmitm_lib.config import parse_mapping
+
+    assert parse_mapping("data_options", {"cache_dir": "/c"}) == {"cache_dir": "/c"}  # -y
+    assert parse_mapping("data_options", '{"cache_dir": "/c"}') == {"cache_dir": "/c"}  # -p, JSON text
+    assert parse_mapping("data_options", "") == {}
+    with pytest.raises(ValueError, match="data_options=.*not valid JSON.*-y 'data_options: "):
+        parse_mapping("data_options", "{cache_dir: /c")
+    with pytest.raises(ValueError, match="must be a dict"):
+        parse_mapping("data_options", [1])
