@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="fresh weights (the checkpoint's architecture and vocabulary, else --preset's)")
     p.set_defaults(func=evaluate_cmd)
-    pd = sub.add_parser("data", add_help=False, help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
+    pd = sub.add_parser("data", add_help=False,
+                        help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
     pd.add_argument("data_command", nargs="?", choices=("summary", "cache"))
     sub.add_parser("bench", add_help=False,
                    help="time a training step on synthetic inputs: `cmitm bench --help`")

@@ -281,7 +281,7 @@ def check_same_preset(out: Path, preset: Preset) -> None:
     if not saved.is_file():
         return
     old, new = json.loads(saved.read_text()), json.loads(json.dumps(preset.to_dict()))
-    diff = [f"{part}.{k}: {old[part].get(k)!r} -> {v!r}" for part in new if isinstance(new[part], dict)
+    diff = [f"{part}.{k}: {old.get(part, {}).get(k)!r} -> {v!r}" for part in new if isinstance(new[part], dict)
             for k, v in new[part].items() if old.get(part, {}).get(k) != v]
     diff += [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if not isinstance(v, dict) and old.get(k) != v]
     if diff:

@@ -245,6 +245,8 @@ def test_mimic_pairs_splits_views_and_reports_root(tmp_path):
         load_pretrain("mimic", str(root), get_preset("tiny"), labels_file="x.csv")
     with pytest.raises(ValueError, match="cache_dir apply to real datasets only"):
         load_finetune("synth", "", get_preset("tiny"), cache_dir="somewhere")
+    with pytest.raises(ValueError, match="reports_root apply to real datasets only"):
+        load_pretrain("synth", "", get_preset("tiny"), reports_root="somewhere")
 
 
 # --- Open-i --------------------------------------------------------------------------------------

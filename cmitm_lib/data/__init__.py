@@ -16,9 +16,9 @@ import numpy as np
 from ..config import Preset, check_choice
 from ..paths import cache_dir, resolve
 from .datasets import FinetuneData, LabelData, PairData
+from .tasks import TASKS as SYNTH_TASKS  # the four embedded downstream tasks
 
 PRETRAIN_DATASETS = ("synth", "mimic", "openi")
-from .tasks import TASKS as SYNTH_TASKS  # noqa: E402  the four embedded downstream tasks
 FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx")
 
 
@@ -61,10 +61,10 @@ def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0, **options
     check_choice("dataset", name, PRETRAIN_DATASETS)
     d = preset.data
     if name == "synth":
+        _no_options_for_synth(name, options)
         imgs, _, reports, pids = _synth_batch(d.n_pretrain, seed, d.synth_size, "pretrain", 0)
         h_imgs, _, h_reports, h_pids = _synth_batch(d.n_heldout, seed, d.synth_size, "pretrain", d.n_pretrain)
         return PairData(imgs, reports, pids), PairData(h_imgs, h_reports, h_pids)
-    _no_options_for_synth(name, options)
     return _real_pairs(name, root, seed, options)
 
 
@@ -78,7 +78,7 @@ def load_finetune(name: str, root: str, preset: Preset, seed: int = 0, **options
 
 
 def _no_options_for_synth(name: str, options: dict) -> None:
-    if name.startswith("synth") and options:
+    if options:
         raise ValueError(f"{', '.join(options)} apply to real datasets only; the embedded {name} data is "
                          f"generated, not read: drop them")
 
