@@ -199,9 +199,9 @@ def parse_mapping(param: str, value: Any) -> dict:
             value = json.loads(value) if value.strip() else {}
         except json.JSONDecodeError as err:
             raise ValueError(f"{param}={value!r} is not valid JSON ({err}); pass e.g. "
-                             f"-y '{param}: {{cache_dir: /data/cache}}'") from None
+                             f"-y '{param}: {{key: value}}' or -p {param} '{{\"key\": value}}'") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{param}={value!r} must be a dict, e.g. {{\"cache_dir\": \"/data/cache\"}}")
+        raise ValueError(f"{param}={value!r} must be a dict (JSON object), e.g. {{\"key\": value}}")
     return value
 
 
