@@ -1,6 +1,6 @@
-"""Can the tiny ViT learn SynthCXR's findings at CPU budgets at all? Six checks, tiny preset.
+"""Can the tiny ViT learn SynthCXR's findings at CPU budgets at all? Seven checks, tiny preset.
 
-    python benchmarks/learnability.py                      # all six, ~25 min on 2 CPU cores
+    python benchmarks/learnability.py                      # all seven, ~22 min on 2 CPU cores
     python benchmarks/learnability.py --only supervised --sup-epochs 4 --sup-lr 1e-4
     python benchmarks/learnability.py --only cnn oracle contrastive-cnn
 
@@ -21,6 +21,9 @@
    the text side, the projection heads and InfoNCE learn at this budget.
 6. contrastive-cnn: CLIP-like training with the CNN of (4) as image encoder: does report
    supervision teach an image encoder that can learn the findings?
+7. frozen: as (5), but the image side is a linear map of frozen E_v features (mean-pooled tokens of
+   the whole image) from `--checkpoint` (a pre-training checkpoint folder; default: random init):
+   can the contrastive objective use what an encoder already holds, if E_v is not trained?
 
 The CNN and the oracle are diagnostics only (defined here, not in cmitm_lib): the benchmark's E_v
 stays the paper's ViT.
@@ -175,6 +178,28 @@ def oracle(preset, epochs: int, lr: float) -> None:
     _clip_train("oracle", "image side = true labels", model, tokenizer, pairs, None, preset, epochs, lr)
 
 
+def frozen(preset, epochs: int, lr: float, checkpoint: str) -> None:
+    """As `oracle`, with frozen E_v features of ``checkpoint`` (random init when empty) as the image side."""
+    from cmitm_lib.checkpoint import load_checkpoint
+    from cmitm_lib.train import encoder_state
+
+    model, tokenizer, pairs, held = _clip_model(preset)
+    state = encoder_state(load_checkpoint(checkpoint)[0]) if checkpoint else None
+    feats = torch.as_tensor(ex.encoder_features(state, pairs.images, preset, 0, "cpu"))
+    feats = (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6)
+    model.image_encoder = nn.Linear(feats.shape[1], preset.model.embed_dim)
+    model.image_encoder.register_buffer("pos_embed", torch.zeros(1), persistent=False)
+
+    def forward(self, batch, stage, mask_ratio, temperature=0.07, generator=None):
+        z_v = self.image_proj(self.image_encoder(feats.to(batch["index"].device)[batch["index"]]))
+        loss = info_nce(z_v, self.text_embedding(batch["input_ids"], batch["attention_mask"]), temperature)
+        return {"loss_c": loss, "loss": loss}
+
+    model.forward = types.MethodType(forward, model)
+    _clip_train("frozen", f"image side = frozen E_v features ({checkpoint or 'random init'})", model, tokenizer,
+                pairs, None, preset, epochs, lr)
+
+
 def contrastive_cnn(preset, epochs: int, lr: float) -> None:
     model, tokenizer, pairs, held = _clip_model(preset)
     model.image_encoder = SmallCNN()
@@ -184,7 +209,7 @@ def contrastive_cnn(preset, epochs: int, lr: float) -> None:
                 epochs, lr)
 
 
-CHECKS = ("supervised", "probe", "contrastive", "cnn", "oracle", "contrastive-cnn")
+CHECKS = ("supervised", "probe", "contrastive", "cnn", "oracle", "contrastive-cnn", "frozen")
 
 
 def main() -> None:
@@ -197,6 +222,7 @@ def main() -> None:
     ap.add_argument("--cnn-epochs", type=int, default=4, help="cnn: supervised epochs (at --sup-lr)")
     ap.add_argument("--oracle-epochs", type=int, default=4)
     ap.add_argument("--clip-cnn-epochs", type=int, default=6)
+    ap.add_argument("--checkpoint", default="", help="frozen: pre-training checkpoint folder (default: random init)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -213,6 +239,8 @@ def main() -> None:
         oracle(get_preset("tiny"), a.oracle_epochs, a.clip_lr)
     if "contrastive-cnn" in a.only:
         contrastive_cnn(get_preset("tiny"), a.clip_cnn_epochs, a.clip_lr)
+    if "frozen" in a.only:
+        frozen(get_preset("tiny"), a.oracle_epochs, a.clip_lr, a.checkpoint)
 
 
 if __name__ == "__main__":
