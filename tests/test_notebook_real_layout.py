@@ -23,3 +23,24 @@ def test_stage1_notebook_runs_on_an_openi_fixture(tmp_path):
                     "out_dir": str(tmp_path / "runs"), "checkpoint_out": str(tmp_path / "stage1")},
         kernel_name="python3", progress_bar=False)
     assert (tmp_path / "stage1" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_stage1_notebook_takes_reader_options_for_mimic_reports_elsewhere(tmp_path):
+    """MIMIC-CXR's reports come in a separate zip; `data_options` tells the notebook where they are."""
+    pm = pytest.importorskip("papermill")
+    data, reports = make_fixture("mimic", tmp_path / "mimic"), tmp_path / "mimic-reports"
+    for txt in data.glob("files/p*/p*/s*.txt"):
+        target = reports / txt.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        txt.rename(target)
+    params = {"dataset": "mimic", "data_root": str(data), "epochs": 1, "batch_size": 2, "n_show": 2,
+              "out_dir": str(tmp_path / "runs"), "checkpoint_out": str(tmp_path / "stage1")}
+    with pytest.raises(pm.PapermillExecutionError, match="reports_root"):  # without it: the expected layout
+        pm.execute_notebook(str(ROOT / "notebooks" / "02_stage1.ipynb"), str(tmp_path / "no_reports.ipynb"),
+                            cwd=str(ROOT), parameters=params, kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "02_stage1.ipynb"), str(tmp_path / "02_mimic.ipynb"), cwd=str(ROOT),
+        parameters={**params, "data_options": {"reports_root": str(reports)}}, kernel_name="python3",
+        progress_bar=False)
+    assert (tmp_path / "stage1" / "model.safetensors").is_file()

@@ -234,6 +234,8 @@ def test_mimic_pairs_splits_views_and_reports_root(tmp_path):
         gz.unlink()
     with pytest.raises(DatasetLayoutError):
         real.read_mimic(tmp_path / "mimic", reports_root=tmp_path / "nowhere")
+    with pytest.raises(DatasetLayoutError, match=r"report of every study \(7; .*--reports-root"):
+        real.read_mimic(root)  # the image folders are there, the reports are not: not 0 pairs in silence
     assert [p.report for p in real.read_mimic(root, reports_root=reports)[0]] == [p.report for p in pairs]
     # the loaders the CLI and notebooks use forward reader options (`--reports-root` etc.) and check them
     from cmitm_lib.config import get_preset
@@ -241,6 +243,10 @@ def test_mimic_pairs_splits_views_and_reports_root(tmp_path):
 
     train, held = load_pretrain("mimic", str(root), get_preset("tiny"), reports_root=str(reports))
     assert sorted(train.reports + held.reports) == sorted(p.report for p in pairs)
+    from cmitm_lib.data import _check_read
+
+    with pytest.raises(ValueError, match=r"no training pairs were read from mimic at x \(skipped: a: 2\)"):
+        _check_read("mimic", "x", "training pairs", 0, {"a": 2})
     with pytest.raises(ValueError, match="mimic reader takes no labels_file; its options: .*reports_root"):
         load_pretrain("mimic", str(root), get_preset("tiny"), labels_file="x.csv")
     with pytest.raises(ValueError, match="cache_dir apply to real datasets only"):

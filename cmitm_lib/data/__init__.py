@@ -153,6 +153,13 @@ def _heldout(patient_id: str, fraction: float = 0.05) -> bool:
     return zlib.crc32(patient_id.encode()) % 1000 < fraction * 1000
 
 
+def _check_read(name: str, root: str, what: str, n: int, skipped: dict) -> None:
+    if n == 0:
+        counts = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "nothing"
+        raise ValueError(f"no {what} were read from {name} at {root} (skipped: {counts}); check the folder "
+                         f"against the layout in data/README.md")
+
+
 def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairData, PairData]:
     from .real import PAIR_DATASETS
 
@@ -162,6 +169,7 @@ def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairDat
     split = [_heldout(p.patient_id) for p in pairs]
     train = [p for p, h in zip(pairs, split) if not h]
     held = [p for p, h in zip(pairs, split) if h]
+    _check_read(name, root, "training pairs", len(train), skipped)
 
     def to_data(ps):
         return PairData([p.image for p in ps], [p.report for p in ps], [p.patient_id for p in ps])
@@ -175,6 +183,7 @@ def _real_labels(name: str, root: str, seed: int, options: dict) -> FinetuneData
     s = _read(LABEL_DATASETS, name, root, seed, options)
     if s.skipped:
         print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in s.skipped.items()))
+    _check_read(name, root, "training images", len(s.train), s.skipped)
 
     def to_data(records):
         return LabelData([r.image for r in records], np.array([r.labels for r in records], dtype=np.float32))

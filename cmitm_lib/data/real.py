@@ -608,6 +608,9 @@ def read_mimic(root, *, seed=0, split_files=None, check_images=True, cache_dir=N
             continue
         pairs += [ImageTextPair(str(root / "files" / study_path / f"{d}.jpg"), text, subject, f"s{study}")
                   for d in dicom_ids]
+    if studies and skipped["report missing (studies)"] == len(studies):
+        raise _layout_error("mimic", f"the report of every study ({len(studies)}; if mimic-cxr-reports.zip "
+                            "was extracted elsewhere, pass that folder as reports_root / --reports-root)", reports)
     [pairs] = _resolve_images([pairs], root, check_images, cache_dir, skipped)
     return pairs, dict(skipped)
 
