@@ -216,7 +216,8 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     from . import experiment as ex
 
     scale = "quick" if args.quick else args.scale or "full"
-    names = [n for n in ex.EXPERIMENTS if n != "calibration"] if args.experiment == "all" else [args.experiment]
+    extras = ("calibration", "claim")  # not part of "all": run them by name
+    names = [n for n in ex.EXPERIMENTS if n not in extras] if args.experiment == "all" else [args.experiment]
     seeds = ex.SCALES[scale][0] if args.seeds is None else args.seeds
     fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
     weights = f" --imagenet-weights {args.imagenet_weights}" if args.imagenet_weights else ""
@@ -291,15 +292,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="runs/finetune")
     p.set_defaults(func=finetune_cmd)
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
-    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "all"),
-                   help="calibration: random init at 1/10/100%% on every task (use with --protocol finetune)")
+    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "claim", "all"),
+                   help="calibration: random init at 1/10/100%% on every task (use with --protocol finetune); "
+                        "claim: random init, stage 1 and CMITM only (for --scale long)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
-    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full"),
+    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long"),
                        help="default full (the tiny preset, 3 seeds; about an hour per experiment on 2 CPU "
                             "cores); quick: 1 seed, shorter pre-training; smoke: a few minutes, numbers "
-                            "meaningless")
-    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full 3)")
+                            "meaningless; long: full with 40 + 12 epochs (claim: ~30 min per seed)")
+    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long 3)")
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
     p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")

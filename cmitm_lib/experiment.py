@@ -58,6 +58,8 @@ EXPERIMENTS = {  # name -> methods, tasks, fractions (the paper's choices for ea
     "fig3": (tuple(f"cmitm_m{r:g}" for r in FIG3_RATIOS), ("synth-rsna", "synth-covidx"), (0.01,)),
     # the benchmark's difficulty: random init at every fraction (run it with protocol="finetune")
     "calibration": (("random",), ALL_TASKS, (0.01, 0.1, 1.0)),
+    # the core claim alone (CMITM and its stage 1 against random init), for the long scale
+    "claim": (("random", "mrm", "cmitm"), ALL_TASKS, (0.01, 0.1, 1.0)),
 }
 # scale -> (seeds, preset changes). "full" is the tiny preset as it is.
 SCALES = {
@@ -65,6 +67,8 @@ SCALES = {
                   "finetune": 1}),
     "quick": (1, {"n_pretrain": 2000, "stage1": 3, "stage2": 2, "finetune": 5}),
     "full": (3, {}),
+    # ~7x the full scale's pre-training steps: does the tiny ViT learn given more steps? (`claim` only)
+    "long": (3, {"stage1": 40, "stage2": 12}),
 }
 PROTOCOLS = ("linear", "finetune")
 
@@ -544,6 +548,7 @@ CLAIMS = {  # experiment -> (a, b) pairs the paper claims a > b for
     "fig2": (("cmitm", "mrm"), ("cmitm", "ccl")),
     "fig3": tuple(("cmitm_m0.75", f"cmitm_m{r:g}") for r in FIG3_RATIOS if r != 0.75),
     "calibration": (),
+    "claim": (("cmitm", "random"), ("cmitm", "mrm")),
 }
 
 

@@ -35,6 +35,9 @@ def test_recipes_share_their_stage1_link():
     assert keys["no_rep"][-1] == "stage1__stage2-rFalse" and keys["ccl"] == ["stage2"]
     for name, (methods, tasks, fractions) in ex.EXPERIMENTS.items():
         assert set(methods) <= set(ex.METHODS) and set(tasks) <= set(ex.ALL_TASKS), name
+        assert {m for pair in ex.CLAIMS[name] for m in pair} <= set(methods), name
+    long, full = ex.scaled_preset("long"), ex.scaled_preset("full")
+    assert (long.stage1.epochs, long.stage2.epochs) == (40, 12) and long.data == full.data  # more steps only
 
 
 def test_linear_probe_separable_and_missing_class():
