@@ -161,20 +161,24 @@ def _clip_train(tag, what, model, tokenizer, pairs, held, preset, epochs, lr) ->
               f"t2i R@1 {r['t2i_R@1']:.3f}, R@10 {r['t2i_R@10']:.3f} (chance R@1 {1 / len(held):.3f})")
 
 
-def oracle(preset, epochs: int, lr: float) -> None:
-    """CLIP-like training whose image embedding is h_v(Linear(ground-truth finding labels))."""
-    model, tokenizer, pairs, _ = _clip_model(preset)
-    d = preset.data
-    labels = torch.as_tensor(_synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0)[1]).float()
-    model.image_encoder = nn.Linear(labels.shape[1], preset.model.embed_dim)
+def _fixed_image_side(model, vectors: torch.Tensor) -> None:
+    """Make the image embedding h_v(Linear(vectors[i])) for pair i: no image, no E_v."""
+    model.image_encoder = nn.Linear(vectors.shape[1], model.cfg.embed_dim)
     model.image_encoder.register_buffer("pos_embed", torch.zeros(1), persistent=False)
 
     def forward(self, batch, stage, mask_ratio, temperature=0.07, generator=None):
-        z_v = self.image_proj(self.image_encoder(labels.to(batch["index"].device)[batch["index"]]))
+        z_v = self.image_proj(self.image_encoder(vectors.to(batch["index"].device)[batch["index"]]))
         loss = info_nce(z_v, self.text_embedding(batch["input_ids"], batch["attention_mask"]), temperature)
         return {"loss_c": loss, "loss": loss}
 
     model.forward = types.MethodType(forward, model)
+
+
+def oracle(preset, epochs: int, lr: float) -> None:
+    """CLIP-like training whose image embedding is h_v(Linear(ground-truth finding labels))."""
+    model, tokenizer, pairs, _ = _clip_model(preset)
+    d = preset.data
+    _fixed_image_side(model, torch.as_tensor(_synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0)[1]).float())
     _clip_train("oracle", "image side = true labels", model, tokenizer, pairs, None, preset, epochs, lr)
 
 
@@ -183,19 +187,10 @@ def frozen(preset, epochs: int, lr: float, checkpoint: str) -> None:
     from cmitm_lib.checkpoint import load_checkpoint
     from cmitm_lib.train import encoder_state
 
-    model, tokenizer, pairs, held = _clip_model(preset)
+    model, tokenizer, pairs, _ = _clip_model(preset)
     state = encoder_state(load_checkpoint(checkpoint)[0]) if checkpoint else None
     feats = torch.as_tensor(ex.encoder_features(state, pairs.images, preset, 0, "cpu"))
-    feats = (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6)
-    model.image_encoder = nn.Linear(feats.shape[1], preset.model.embed_dim)
-    model.image_encoder.register_buffer("pos_embed", torch.zeros(1), persistent=False)
-
-    def forward(self, batch, stage, mask_ratio, temperature=0.07, generator=None):
-        z_v = self.image_proj(self.image_encoder(feats.to(batch["index"].device)[batch["index"]]))
-        loss = info_nce(z_v, self.text_embedding(batch["input_ids"], batch["attention_mask"]), temperature)
-        return {"loss_c": loss, "loss": loss}
-
-    model.forward = types.MethodType(forward, model)
+    _fixed_image_side(model, (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6))
     _clip_train("frozen", f"image side = frozen E_v features ({checkpoint or 'random init'})", model, tokenizer,
                 pairs, None, preset, epochs, lr)
 
