@@ -154,18 +154,19 @@ def _heldout(patient_id: str, fraction: float = 0.05) -> bool:
 
 
 def _check_read(name: str, root: str, what: str, n: int, skipped: dict) -> None:
+    """Print what a reader skipped; fail when nothing usable was read."""
+    counts = ", ".join(f"{k}: {v}" for k, v in skipped.items())
+    if counts:
+        print(f"[{name}] skipped: {counts}")
     if n == 0:
-        counts = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "nothing"
-        raise ValueError(f"no {what} were read from {name} at {root} (skipped: {counts}); check the folder "
-                         f"against the layout in data/README.md")
+        raise ValueError(f"no {what} were read from {name} at {root} (skipped: {counts or 'nothing'}); check the "
+                         f"folder against the layout in data/README.md")
 
 
 def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairData, PairData]:
     from .real import PAIR_DATASETS
 
     pairs, skipped = _read(PAIR_DATASETS, name, root, seed, options)
-    if skipped:
-        print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in skipped.items()))
     split = [_heldout(p.patient_id) for p in pairs]
     train = [p for p, h in zip(pairs, split) if not h]
     held = [p for p, h in zip(pairs, split) if h]
@@ -181,8 +182,6 @@ def _real_labels(name: str, root: str, seed: int, options: dict) -> FinetuneData
     from .real import LABEL_DATASETS
 
     s = _read(LABEL_DATASETS, name, root, seed, options)
-    if s.skipped:
-        print(f"[{name}] skipped: " + ", ".join(f"{k}: {v}" for k, v in s.skipped.items()))
     _check_read(name, root, "training images", len(s.train), s.skipped)
 
     def to_data(records):
