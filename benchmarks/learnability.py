@@ -49,7 +49,8 @@ from torch.utils.data import DataLoader
 from cmitm_lib import experiment as ex
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import _synth_batch, load_finetune, load_pretrain
-from cmitm_lib.data.datasets import LabelDataset
+from cmitm_lib.data.datasets import LabelData, LabelDataset
+from cmitm_lib.data.fractions import fraction_indices
 from cmitm_lib.evaluate import score
 from cmitm_lib.losses import info_nce
 from cmitm_lib.text import train_tokenizer
@@ -136,20 +137,20 @@ def cnn(preset, epochs: int, lr: float) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)")
 
 
-def _clip_model(preset):
-    """A CLIP-like CMITM (no D_r, image_proj on mean-pooled E_v tokens) and its tokenizer, seed 0."""
+def _clip_model(preset, seed: int = 0):
+    """A CLIP-like CMITM (no D_r, image_proj on mean-pooled E_v tokens) and its tokenizer."""
     pairs, held = load_pretrain("synth", "", preset, 0)
     tokenizer = train_tokenizer(pairs.reports, preset.model.vocab_size)
     preset.model.use_rep_decoder = False
-    seed_everything(0)
+    seed_everything(seed)
     return build_model(preset, tokenizer), tokenizer, pairs, held
 
 
-def _clip_train(tag, what, model, tokenizer, pairs, held, preset, epochs, lr) -> None:
+def _clip_train(tag, what, model, tokenizer, pairs, held, preset, epochs, lr, seed: int = 0) -> None:
     """Stage 2 without image masking; per epoch L_c against its chance level 2 ln B; held-out recall."""
     t0 = time.perf_counter()
     history = pretrain(model, tokenizer, pairs, preset, "stage2", epochs=epochs, lr=lr, mask_ratio=0.0,
-                       progress=False)
+                       seed=seed, progress=False)
     b = preset.stage2.batch_size
     print(f"[{tag}] {what}, {len(pairs)} pairs, batch {b}, lr {lr:g}, {epochs} epochs "
           f"({time.perf_counter() - t0:.0f} s); chance L_c = 2 ln {b} = {2 * math.log(b):.3f}")
@@ -195,16 +196,54 @@ def frozen(preset, epochs: int, lr: float, checkpoint: str) -> None:
                 pairs, None, preset, epochs, lr)
 
 
-def contrastive_cnn(preset, epochs: int, lr: float) -> None:
-    model, tokenizer, pairs, held = _clip_model(preset)
+def contrastive_cnn(preset, epochs: int, lr: float, seed: int = 0) -> SmallCNN:
+    """CLIP-like training of a SmallCNN image encoder; returns the trained CNN."""
+    model, tokenizer, pairs, held = _clip_model(preset, seed)
     model.image_encoder = SmallCNN()
     model.encode_image = types.MethodType(lambda self, imgs, ratio, generator=None:
                                           (self.image_encoder.tokens(imgs), None, None), model)
-    _clip_train("contrastive-cnn", "CLIP-like, SmallCNN image encoder", model, tokenizer, pairs, held, preset,
-                epochs, lr)
+    _clip_train("contrastive-cnn", f"CLIP-like, SmallCNN image encoder, seed {seed}", model, tokenizer, pairs, held,
+                preset, epochs, lr, seed)
+    return model.image_encoder
 
 
-CHECKS = ("supervised", "probe", "contrastive", "cnn", "oracle", "contrastive-cnn", "frozen")
+@torch.no_grad()
+def _cnn_features(net: SmallCNN, images, preset) -> np.ndarray:
+    """Mean-pooled SmallCNN tokens of every image (eval transform), as `experiment.encoder_features` for E_v."""
+    net.eval()
+    data = LabelDataset(LabelData(images, np.zeros((len(images), 1), np.float32)), preset.data, preset.model,
+                        train=False)
+    return torch.cat([net.tokens(x)[:, 1:].mean(1) for x, _ in DataLoader(data, batch_size=256)]).numpy()
+
+
+def transfer_cnn(preset, epochs: int, lr: float, seeds: int) -> None:
+    """The benchmark's claim with a convolutional prior: CLIP-like SmallCNN against random-init SmallCNN,
+    linear probe (`experiment.linear_probe`) on the four tasks at 1 / 10 / 100%, paired by seed."""
+    tasks = {t: load_finetune(t, "", preset, 0) for t in ex.ALL_TASKS}
+    rows = []
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        seed_everything(seed)
+        for method, net in (("random", SmallCNN()), ("clip", None)):
+            net = net if net is not None else contrastive_cnn(preset, epochs, lr, seed)
+            for task, d in tasks.items():
+                train, val, test = (_cnn_features(net, s.images, preset) for s in (d.train, d.val, d.test))
+                for fraction in (0.01, 0.1, 1.0):
+                    idx = fraction_indices(len(d.train), fraction, seed, d.train.labels)
+                    r = ex.linear_probe(train[idx], d.train.labels[idx], val, d.val.labels, test, d.test.labels,
+                                        d.task, d.metric)
+                    rows.append({"method": method, "task": task, "fraction": fraction, "seed": seed, **r})
+    print(f"[transfer-cnn] linear probe of SmallCNN features, CLIP-like ({epochs} epochs, lr {lr:g}) vs random "
+          f"init, {seeds} seeds ({time.perf_counter() - t0:.0f} s); test metric x 100, mean over seeds:")
+    for method in ("random", "clip"):
+        cells = [f"{t} {f:g}: {100 * np.mean([r['test'] for r in rows if r['method'] == method and r['task'] == t and r['fraction'] == f]):.1f}"
+                 for t in tasks for f in (0.01, 0.1, 1.0)]
+        print(f"  {method:>6}  " + ", ".join(cells))
+    print("  CLIP-like - random, paired by seed (mean ± 95% CI half-width; > / < when the CI excludes 0):")
+    print(ex.comparison_table(ex.compare(rows, "clip", "random")))
+
+
+CHECKS = ("supervised", "probe", "contrastive", "cnn", "oracle", "contrastive-cnn", "frozen", "transfer-cnn")
 
 
 def main() -> None:
@@ -218,6 +257,8 @@ def main() -> None:
     ap.add_argument("--oracle-epochs", type=int, default=4)
     ap.add_argument("--clip-cnn-epochs", type=int, default=6)
     ap.add_argument("--checkpoint", default="", help="frozen: pre-training checkpoint folder (default: random init)")
+    ap.add_argument("--transfer-epochs", type=int, default=12, help="transfer-cnn: CLIP-like epochs per seed")
+    ap.add_argument("--seeds", type=int, default=3, help="transfer-cnn: seeds")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -236,6 +277,8 @@ def main() -> None:
         contrastive_cnn(get_preset("tiny"), a.clip_cnn_epochs, a.clip_lr)
     if "frozen" in a.only:
         frozen(get_preset("tiny"), a.oracle_epochs, a.clip_lr, a.checkpoint)
+    if "transfer-cnn" in a.only:
+        transfer_cnn(get_preset("tiny"), a.transfer_epochs, a.clip_lr, a.seeds)
 
 
 if __name__ == "__main__":

@@ -297,11 +297,12 @@ def main(argv: list[str] | None = None) -> None:
                         "claim: random init, stage 1 and CMITM only (for --scale long)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
-    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long"),
+    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long", "cnn"),
                        help="default full (the tiny preset, 3 seeds; about an hour per experiment on 2 CPU "
                             "cores); quick: 1 seed, shorter pre-training; smoke: a few minutes, numbers "
-                            "meaningless; long: full with 40 + 12 epochs (claim: ~30 min per seed)")
-    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long 3)")
+                            "meaningless; long: full with 40 + 12 epochs (claim: ~30 min per seed); cnn: full "
+                            "with a convolutional E_v (not the paper's ViT)")
+    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long/cnn 3)")
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
     p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")

@@ -24,6 +24,9 @@ class ModelConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # "vit" = the paper's E_v. "cnn" = models.ConvEncoder, an opt-in convolutional E_v with leak-free
+    # masking for CPU budgets (not the paper; depth / num_heads / mlp_ratio are then unused).
+    encoder: str = "vit"
     dec_dim: int = 768  # D_v width (MRM: 768, 6 heads)
     dec_depth: int = 4  # paper: 4 blocks
     dec_heads: int = 6

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Preset, check_choice, check_fraction, check_positive_int, get_preset
+from .config import Preset, check_choice, check_fraction, check_positive_int, get_preset, preset_from_dict
 from .data import SYNTH_TASKS
 from .paths import resolve
 
@@ -69,15 +69,19 @@ SCALES = {
     "full": (3, {}),
     # ~7x the full scale's pre-training steps: does the tiny ViT learn given more steps? (`claim` only)
     "long": (3, {"stage1": 40, "stage2": 12}),
+    # the full scale with the opt-in convolutional E_v (models.ConvEncoder), not the paper's ViT
+    "cnn": (3, {"encoder": "cnn"}),
 }
 PROTOCOLS = ("linear", "finetune")
 
 
 def scaled_preset(scale: str, base: Preset | None = None) -> Preset:
-    """The tiny preset (or ``base``) with the data sizes and epochs of ``scale``."""
+    """The tiny preset (or ``base``) with the data sizes, epochs and image encoder of ``scale``."""
     check_choice("scale", scale, SCALES)
     p = copy.deepcopy(base) if base is not None else get_preset("tiny")
     changes = SCALES[scale][1]
+    if "encoder" in changes:
+        p.model.encoder = changes["encoder"]
     for key in ("n_pretrain", "n_heldout", "n_finetune"):
         if key in changes:
             setattr(p.data, key, changes[key])
@@ -284,7 +288,9 @@ def check_same_preset(out: Path, preset: Preset) -> None:
     saved = out / "preset.json"
     if not saved.is_file():
         return
-    old, new = json.loads(saved.read_text()), json.loads(json.dumps(preset.to_dict()))
+    # through preset_from_dict, so a field added since the file was written reads as its default
+    old = json.loads(json.dumps(preset_from_dict(json.loads(saved.read_text())).to_dict()))
+    new = json.loads(json.dumps(preset.to_dict()))
     diff = [f"{part}.{k}: {old.get(part, {}).get(k)!r} -> {v!r}" for part in new if isinstance(new[part], dict)
             for k, v in new[part].items() if old.get(part, {}).get(k) != v]
     diff += [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if not isinstance(v, dict) and old.get(k) != v]

@@ -43,23 +43,32 @@ def unpatchify(x: torch.Tensor, p: int, c: int = 1) -> torch.Tensor:
     return x.reshape(b, c, g * p, g * p)
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None):
-    """MAE per-sample random masking by argsort of uniform noise.
+def masking_indices(b: int, n: int, mask_ratio: float, device=None, generator: torch.Generator | None = None):
+    """MAE per-sample random masking by argsort of uniform noise, as indices.
 
-    x: (B, N, D). Returns x_visible (B, round((1 - r) N), D), mask (B, N) with 1 = masked in the
-    original patch order, and ids_restore (B, N) that undoes the shuffle.
+    Returns ids_keep (B, round((1 - r) N)), mask (B, N) with 1 = masked in the original patch order,
+    and ids_restore (B, N) that undoes the shuffle.
     """
-    b, n, d = x.shape
     len_keep = int(round(n * (1 - mask_ratio)))
-    noise = torch.rand(b, n, device=x.device, generator=generator)
+    noise = torch.rand(b, n, device=device, generator=generator)
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small noise is kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    x_visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
-    mask = torch.ones(b, n, device=x.device)
+    mask = torch.ones(b, n, device=device)
     mask[:, :len_keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return x_visible, mask, ids_restore
+    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+def keep_tokens(x: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) -> (B, N_keep, D), the tokens ``ids_keep`` names, in that order."""
+    return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def random_masking(x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None):
+    """MAE masking of tokens x (B, N, D). Returns x_visible (B, round((1 - r) N), D), mask (B, N) with
+    1 = masked in the original patch order, and ids_restore (B, N) that undoes the shuffle.
+    """
+    ids_keep, mask, ids_restore = masking_indices(x.shape[0], x.shape[1], mask_ratio, x.device, generator)
+    return keep_tokens(x, ids_keep), mask, ids_restore
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
@@ -108,9 +117,74 @@ def build_vit(cfg: ModelConfig, num_classes: int = 0) -> VisionTransformer:
     return vit
 
 
+class ConvEncoder(nn.Module):
+    """An opt-in E_v with a convolutional prior (``ModelConfig.encoder = "cnn"``); NOT the paper's ViT.
+
+    For CPU budgets, where the tiny ViT learns too slowly (benchmarks/README.md, "Learnability"):
+    log2(p) stages of conv3x3-GroupNorm-GELU-maxpool2 (widths 32, 64, 128, ...), then
+    a conv3x3 to ``embed_dim``: one token per p x p patch, on the ViT's grid, then a LayerNorm. It
+    answers to what the rest of the code asks of the timm ViT: ``forward_features`` gives (B, 1 + N, D)
+    with the mean token in the class-token slot, ``forward_head(x, pre_logits)`` mean-pools the patch
+    tokens, ``head`` is the linear classifier. GroupNorm, not BatchNorm: pre-training sees masked
+    images, probing and fine-tuning whole ones, and batch statistics would carry over between them.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int = 0):
+        super().__init__()
+        stages = int(math.log2(cfg.patch_size))
+        if 2 ** stages != cfg.patch_size:
+            raise ValueError(f"encoder='cnn' needs a power-of-two patch size, not {cfg.patch_size}")
+        self.patch_size, self.num_classes = cfg.patch_size, num_classes
+        widths = [cfg.in_chans] + [32 * 2 ** i for i in range(stages)]
+        self.stages = nn.Sequential(*[nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(8, o), nn.GELU(),
+                                                    nn.MaxPool2d(2)) for i, o in zip(widths, widths[1:])])
+        self.proj = nn.Conv2d(widths[-1], cfg.embed_dim, 3, padding=1)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.head = nn.Linear(cfg.embed_dim, num_classes) if num_classes else nn.Identity()
+
+    def patch_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D), one token per patch in `patchify`'s row-major order."""
+        return self.norm(self.proj(self.stages(imgs)).flatten(2).transpose(1, 2))
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        x = self.patch_tokens(imgs)
+        return torch.cat([x.mean(1, keepdim=True), x], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = x[:, 1:].mean(1)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(imgs))
+
+
+def build_encoder(cfg: ModelConfig, num_classes: int = 0) -> nn.Module:
+    """E_v as ``cfg.encoder`` says: the paper's ViT (`build_vit`) or the opt-in `ConvEncoder`."""
+    if cfg.encoder == "cnn":
+        return ConvEncoder(cfg, num_classes)
+    if cfg.encoder != "vit":
+        raise ValueError(f"encoder={cfg.encoder!r} is not valid; choose 'vit' (the paper) or 'cnn'")
+    return build_vit(cfg, num_classes)
+
+
+def encode_visible_cnn(enc: ConvEncoder, imgs: torch.Tensor, mask_ratio: float,
+                       generator: torch.Generator | None = None):
+    """`encode_visible` for the ConvEncoder, leak-free (as SimMIM / ConvMAE): the masked patches are
+    zeroed in the image before the convolutions, whose receptive fields cross patch borders, so no
+    visible token sees masked content; then only the visible tokens are kept (class slot: their mean)."""
+    p = enc.patch_size
+    n = (imgs.shape[-2] // p) * (imgs.shape[-1] // p)
+    ids_keep, mask, ids_restore = masking_indices(imgs.shape[0], n, mask_ratio, imgs.device, generator)
+    hidden = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * imgs.shape[1]), p, imgs.shape[1])
+    x = keep_tokens(enc.patch_tokens(imgs * (1 - hidden)), ids_keep)
+    return torch.cat([x.mean(1, keepdim=True), x], dim=1), mask, ids_restore
+
+
 def encode_visible(vit: VisionTransformer, imgs: torch.Tensor, mask_ratio: float,
                    generator: torch.Generator | None = None):
     """E_v on the visible patches only (MAE). Returns latent (B, 1 + N_vis, D), mask, ids_restore."""
+    if isinstance(vit, ConvEncoder):
+        return encode_visible_cnn(vit, imgs, mask_ratio, generator)
     x = vit.patch_embed(imgs) + vit.pos_embed[:, 1:]
     x, mask, ids_restore = random_masking(x, mask_ratio, generator)
     cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
@@ -188,7 +262,7 @@ class CMITM(nn.Module):
         self.cfg = cfg
         grid = cfg.img_size // cfg.patch_size
         target_p = cfg.patch_size * cfg.target_scale
-        self.image_encoder = build_vit(cfg)  # E_v
+        self.image_encoder = build_encoder(cfg)  # E_v
         self.image_decoder = TokenDecoder(cfg.embed_dim, cfg.dec_dim, cfg.dec_depth, cfg.dec_heads, grid,
                                           cfg.mlp_ratio, out_dim=target_p * target_p * cfg.in_chans)  # D_v
         self.rep_decoder = TokenDecoder(cfg.embed_dim, cfg.rep_dim, cfg.rep_depth, cfg.rep_heads, grid,
@@ -276,7 +350,8 @@ def set_trainable(model: CMITM, stage: str) -> list[str]:
     for name in MODULES:
         for p in getattr(model, name).parameters():
             p.requires_grad_(name in names)
-    model.image_encoder.pos_embed.requires_grad_(False)  # fixed sin-cos
+    if isinstance(model.image_encoder, VisionTransformer):
+        model.image_encoder.pos_embed.requires_grad_(False)  # fixed sin-cos
     return names
 
 
@@ -296,9 +371,9 @@ def copy_decoder_embedding(model: CMITM) -> bool:
     return True
 
 
-def build_classifier(cfg: ModelConfig, num_classes: int, encoder_state: dict | None = None) -> VisionTransformer:
+def build_classifier(cfg: ModelConfig, num_classes: int, encoder_state: dict | None = None) -> nn.Module:
     """The fine-tuning network: E_v (pre-trained weights when given) + a linear head on mean-pooled tokens."""
-    vit = build_vit(cfg, num_classes=num_classes)
+    vit = build_encoder(cfg, num_classes=num_classes)
     if encoder_state is not None:
         missing, unexpected = vit.load_state_dict(encoder_state, strict=False)
         if unexpected or set(missing) != {"head.weight", "head.bias"}:
@@ -325,6 +400,8 @@ def imagenet_encoder_state(cfg: ModelConfig, path: str, log=print) -> dict:
     from timm.models._manipulate import adapt_input_conv
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    if cfg.encoder != "vit":
+        raise ValueError(f"ImageNet weights are for the ViT encoder; this preset has encoder={cfg.encoder!r}")
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no timm weights at {file}; pass the path of a local ViT checkpoint in "

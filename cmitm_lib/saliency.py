@@ -89,10 +89,17 @@ def _patch_map(attentions, target: torch.Tensor | None, method: str) -> torch.Te
     return (relevance / relevance.sum(-1, keepdim=True)).reshape(-1, g, g)
 
 
+def _need_attention(encoder) -> None:
+    if not hasattr(encoder, "blocks"):
+        raise ValueError(f"attention rollout needs the ViT encoder (encoder='vit'); this one is a "
+                         f"{type(encoder).__name__}, which has no attention to roll out")
+
+
 def classifier_saliency(net, images: torch.Tensor, class_index: int, method: str = "grad_rollout") -> torch.Tensor:
     """(B, g, g) map of the fine-tuned classifier (`models.build_classifier`) for class ``class_index``.
 
     ``images`` are the classifier's normalised inputs (B, 1, H, W)."""
+    _need_attention(net)
     net.eval()
     x = images.detach().clone().requires_grad_(True)  # keeps a graph even when the weights are frozen
     with torch.enable_grad(), record_attention(net.blocks) as attentions:
@@ -109,6 +116,7 @@ def similarity_saliency(model, images: torch.Tensor, direction: torch.Tensor, me
     ``direction`` (D,) or (B, D): a normalised report embedding gives the image-report similarity;
     positive - negated prompt embeddings give the zero-shot score of a finding (`finding_direction`).
     """
+    _need_attention(model.image_encoder)
     model.eval()
     blocks = list(model.image_encoder.blocks) + (list(model.rep_decoder.blocks) if model.cfg.use_rep_decoder else [])
     x = images.detach().clone().requires_grad_(True)

@@ -154,3 +154,19 @@ def test_report_with_a_single_method(tmp_path):
     paths = ex.write_report("calibration", rows, tmp_path, "cmitm experiment calibration --protocol finetune")
     assert all(Path(p).is_file() for p in paths.values())
     assert "| random init |" in (tmp_path / "calibration_finetune.md").read_text()
+
+
+def test_cli_choices_name_every_experiment_and_scale(capsys):
+    """The CLI spells its choices out (no torch import for --help); they must match the runner's."""
+    import re
+
+    from cmitm_lib.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    scales = re.search(r"--scale \{([^}]*)\}", text).group(1).split(",")
+    experiments = re.search(r"\{(table1[^}]*)\}", text).group(1).split(",")
+    assert set(scales) == set(ex.SCALES)
+    assert set(experiments) == set(ex.EXPERIMENTS) | {"all"}
