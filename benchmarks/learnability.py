@@ -1,6 +1,6 @@
-"""Can the tiny ViT learn SynthCXR's findings at CPU budgets at all? Seven checks, tiny preset.
+"""Can the tiny ViT learn SynthCXR's findings at CPU budgets at all? Eight checks, tiny preset.
 
-    python benchmarks/learnability.py                      # all seven, ~22 min on 2 CPU cores
+    python benchmarks/learnability.py                      # all eight, ~55 min on 2 CPU cores
     python benchmarks/learnability.py --only supervised --sup-epochs 4 --sup-lr 1e-4
     python benchmarks/learnability.py --only cnn oracle contrastive-cnn
 
@@ -24,6 +24,9 @@
 7. frozen: as (5), but the image side is a linear map of frozen E_v features (mean-pooled tokens of
    the whole image) from `--checkpoint` (a pre-training checkpoint folder; default: random init):
    can the contrastive objective use what an encoder already holds, if E_v is not trained?
+8. transfer-cnn: the benchmark's claim asked of the CNN of (4): CLIP-like pre-training as in (6) for
+   `--transfer-epochs`, against random init, each probed linearly on the four downstream tasks at
+   1 / 10 / 100% of the labels, `--seeds` seeds, paired by seed (~30 min for 3 seeds).
 
 The CNN and the oracle are diagnostics only (defined here, not in cmitm_lib): the benchmark's E_v
 stays the paper's ViT.

@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="default full (the tiny preset, 3 seeds; about an hour per experiment on 2 CPU "
                             "cores); quick: 1 seed, shorter pre-training; smoke: a few minutes, numbers "
                             "meaningless; long: full with 40 + 12 epochs (claim: ~30 min per seed); cnn: full "
-                            "with a convolutional E_v (not the paper's ViT)")
+                            "with a convolutional E_v (not the paper's ViT), stage 2 12 epochs at lr 1e-3")
     p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long/cnn 3)")
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")

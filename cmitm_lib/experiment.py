@@ -69,14 +69,15 @@ SCALES = {
     "full": (3, {}),
     # ~7x the full scale's pre-training steps: does the tiny ViT learn given more steps? (`claim` only)
     "long": (3, {"stage1": 40, "stage2": 12}),
-    # the full scale with the opt-in convolutional E_v (models.ConvEncoder), not the paper's ViT
-    "cnn": (3, {"encoder": "cnn"}),
+    # the full scale with the opt-in convolutional E_v (models.ConvEncoder), not the paper's ViT, and a
+    # stage 2 of 12 epochs at stage 1's lr (the CLIP-like row's lr): at 4 epochs / 3e-4, L_c stays at chance
+    "cnn": (3, {"encoder": "cnn", "stage2": 12, "stage2_lr": 1e-3}),
 }
 PROTOCOLS = ("linear", "finetune")
 
 
 def scaled_preset(scale: str, base: Preset | None = None) -> Preset:
-    """The tiny preset (or ``base``) with the data sizes, epochs and image encoder of ``scale``."""
+    """The tiny preset (or ``base``) with the data sizes, epochs, learning rates and image encoder of ``scale``."""
     check_choice("scale", scale, SCALES)
     p = copy.deepcopy(base) if base is not None else get_preset("tiny")
     changes = SCALES[scale][1]
@@ -88,6 +89,8 @@ def scaled_preset(scale: str, base: Preset | None = None) -> Preset:
     for stage in ("stage1", "stage2", "finetune"):
         if stage in changes:
             getattr(p, stage).epochs = changes[stage]
+        if f"{stage}_lr" in changes:
+            getattr(p, stage).lr = changes[f"{stage}_lr"]
     return p
 
 
