@@ -23,6 +23,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synth", help="synth (embedded) or a real dataset name, see data/README.md")
     p.add_argument("--data-root", default="", help="folder with the dataset's official files (not for synth)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--encoder", default=None, choices=("vit", "cnn"),
+                   help="E_v of a new model: vit (the paper's, default) or cnn (opt-in convolutional encoder for CPU "
+                        "budgets, not the paper); a checkpoint keeps its own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--cache-dir", default="", help="real data: resized copies made by `cmitm data cache`")
@@ -30,6 +33,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "--data-root)")
     p.add_argument("--split-files", default="", help="real data: official / MRM split lists replacing the "
                    "seeded split (see data/README.md)")
+
+
+def _preset(args: argparse.Namespace):
+    """--preset with --encoder applied."""
+    preset = get_preset(args.preset)
+    if args.encoder:
+        preset.model.encoder = args.encoder
+    return preset
+
+
+def _same_encoder(args: argparse.Namespace, saved: str, path) -> str:
+    """A checkpoint's E_v kind, refusing an --encoder that asks for another."""
+    if args.encoder and args.encoder != saved:
+        raise ValueError(f"--encoder {args.encoder}, but {path} holds a {saved!r} image encoder; drop --encoder "
+                         f"(a checkpoint keeps its architecture) or pass a {args.encoder} checkpoint")
+    return saved
 
 
 def _reader_options(args: argparse.Namespace) -> dict:
@@ -47,7 +66,7 @@ def demo(args: argparse.Namespace) -> dict:
 
     check_parameters(preset=args.preset, dataset=args.dataset, device=args.device, fractions=[args.fraction])
     out = resolve(args.out_dir)
-    preset = get_preset(args.preset)
+    preset = _preset(args)
     t0 = time.perf_counter()
     timings = {}
     train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
@@ -64,7 +83,7 @@ def demo(args: argparse.Namespace) -> dict:
         save_checkpoint(out / stage, model, preset, tokenizer, {"stage": stage, "history": history[stage]})
         timings[stage] = time.perf_counter() - t
         print(f"{stage}: {timings[stage]:.0f} s, held-out i2t R@1 = {history[f'{stage}_retrieval']['i2t_R@1']:.3f}")
-    stage1_encoder = _encoder_from(out / "stage1")
+    stage1_encoder, _ = _encoder_from(out / "stage1")
     ft_data = load_finetune("synth", "", preset, args.seed)  # the embedded task, whatever pre-trained
     rows = []
     t = time.perf_counter()
@@ -102,10 +121,11 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
               "ablation, not CMITM (pass --checkpoint-in <stage-1 checkpoint> for the cascade)")
     if args.resume:
         resume.find(out)  # fail before any data is loaded
-    preset = get_preset(args.preset)
+    preset = _preset(args)
     train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     if args.checkpoint_in:
         model, tokenizer, preset, _ = load_checkpoint(args.checkpoint_in, expect_preset=args.preset)
+        _same_encoder(args, preset.model.encoder, args.checkpoint_in)
     else:
         tokenizer = (load_tokenizer(out / "tokenizer.json") if args.resume and (out / "tokenizer.json").is_file()
                      else pretrained_tokenizer(resolve(args.tokenizer)) if args.tokenizer
@@ -136,10 +156,13 @@ def finetune_cmd(args: argparse.Namespace) -> None:
     from .train import finetune
 
     check_parameters(preset=args.preset, finetune_dataset=args.dataset, device=args.device, fractions=args.fractions)
-    preset = get_preset(args.preset)
+    preset = _preset(args)
     if args.checkpoint_in and args.imagenet_weights:
         raise SystemExit("give --checkpoint-in (a CMITM checkpoint) or --imagenet-weights (a timm ViT), not both")
-    encoder = _encoder_from(resolve(args.checkpoint_in), args.preset) if args.checkpoint_in else None
+    encoder = None
+    if args.checkpoint_in:  # the classifier takes the checkpoint's E_v architecture
+        encoder, kind = _encoder_from(resolve(args.checkpoint_in), args.preset)
+        preset.model.encoder = _same_encoder(args, kind, args.checkpoint_in)
     if args.imagenet_weights:
         from .models import imagenet_encoder_state
 
@@ -176,10 +199,11 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
         raise ValueError("cmitm evaluate needs --checkpoint DIR (a pre-trained checkpoint folder) or --random-init")
     if args.checkpoint:
         model, tokenizer, preset, meta = load_checkpoint(args.checkpoint)
+        _same_encoder(args, preset.model.encoder, args.checkpoint)
         name = "random init" if args.random_init else f"{meta.get('stage', 'checkpoint')} ({args.checkpoint})"
     else:
         check_parameters(preset=args.preset)
-        preset, tokenizer, name = get_preset(args.preset), None, "random init"
+        preset, tokenizer, name = _preset(args), None, "random init"
     options = _reader_options(args)
     train_pairs, pairs = (load_pretrain(args.dataset, args.data_root, preset, args.seed, **options)
                           if args.dataset in PRETRAIN_DATASETS else (None, None))
@@ -203,12 +227,13 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
     return result
 
 
-def _encoder_from(path: Path, preset: str | None = None) -> dict:
+def _encoder_from(path: Path, preset: str | None = None) -> tuple[dict, str]:
+    """E_v's weights in a checkpoint folder, and its kind (``ModelConfig.encoder``)."""
     from .checkpoint import load_checkpoint
     from .train import encoder_state
 
-    model, _, _, _ = load_checkpoint(path, expect_preset=preset)
-    return encoder_state(model)
+    model, _, saved, _ = load_checkpoint(path, expect_preset=preset)
+    return encoder_state(model), saved.model.encoder
 
 
 def experiment_cmd(args: argparse.Namespace) -> None:

@@ -113,3 +113,25 @@ def test_cnn_scale_changes_the_encoder_and_stage2_and_old_caches_still_match(tmp
     ex.check_same_preset(tmp_path, full)
     with pytest.raises(ValueError, match="model.encoder: 'vit' -> 'cnn'"):
         ex.check_same_preset(tmp_path, cnn)
+
+
+def test_cli_trains_the_conv_encoder_and_its_checkpoint_keeps_it(tmp_path, micro_preset, monkeypatch):
+    from cmitm_lib import cli
+
+    p = copy.deepcopy(micro_preset)
+    p.data.n_pretrain, p.data.n_heldout, p.data.n_finetune = 64, 32, (100, 32, 32)
+    monkeypatch.setattr(cli, "get_preset", lambda name: copy.deepcopy(p))
+    monkeypatch.setattr("cmitm_lib.data.cache_dir", lambda: tmp_path / "cache")
+    s1, s2 = str(tmp_path / "s1"), str(tmp_path / "s2")
+    cli.main(["pretrain", "--stage", "1", "--encoder", "cnn", "--epochs", "1", "--batch-size", "16",
+              "--checkpoint-out", s1])
+    assert isinstance(load_checkpoint(s1)[0].image_encoder, ConvEncoder)
+    cli.main(["pretrain", "--stage", "2", "--epochs", "1", "--batch-size", "16", "--checkpoint-in", s1,
+              "--checkpoint-out", s2])  # no --encoder: the checkpoint's
+    assert load_checkpoint(s2)[2].model.encoder == "cnn"
+    cli.main(["finetune", "--checkpoint-in", s2, "--fractions", "1.0", "--epochs", "1",
+              "--out-dir", str(tmp_path / "ft")])
+    assert json.loads((tmp_path / "ft" / "finetune_metrics.json").read_text())[0]["init"] == s2
+    with pytest.raises(ValueError, match="holds a 'cnn' image encoder; drop --encoder"):
+        cli.main(["finetune", "--encoder", "vit", "--checkpoint-in", s2, "--fractions", "1.0", "--epochs", "1",
+                  "--out-dir", str(tmp_path / "ft")])
