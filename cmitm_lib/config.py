@@ -25,7 +25,7 @@ class ModelConfig:
     num_heads: int = 12
     mlp_ratio: float = 4.0
     # "vit" = the paper's E_v. "cnn" = models.ConvEncoder, an opt-in convolutional E_v with leak-free
-    # masking for CPU budgets (not the paper; depth / num_heads / mlp_ratio are then unused).
+    # masking for CPU budgets (not the paper; E_v's depth and num_heads are then unused).
     encoder: str = "vit"
     dec_dim: int = 768  # D_v width (MRM: 768, 6 heads)
     dec_depth: int = 4  # paper: 4 blocks

@@ -180,9 +180,10 @@ def encode_visible_cnn(enc: ConvEncoder, imgs: torch.Tensor, mask_ratio: float,
     return torch.cat([x.mean(1, keepdim=True), x], dim=1), mask, ids_restore
 
 
-def encode_visible(vit: VisionTransformer, imgs: torch.Tensor, mask_ratio: float,
+def encode_visible(vit: nn.Module, imgs: torch.Tensor, mask_ratio: float,
                    generator: torch.Generator | None = None):
-    """E_v on the visible patches only (MAE). Returns latent (B, 1 + N_vis, D), mask, ids_restore."""
+    """E_v on the visible patches only (MAE). Returns latent (B, 1 + N_vis, D), mask, ids_restore.
+    A `ConvEncoder` goes through `encode_visible_cnn`."""
     if isinstance(vit, ConvEncoder):
         return encode_visible_cnn(vit, imgs, mask_ratio, generator)
     x = vit.patch_embed(imgs) + vit.pos_embed[:, 1:]
