@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader
 from cmitm_lib import experiment as ex
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import _synth_batch, load_finetune, load_pretrain
-from cmitm_lib.data.datasets import LabelData, LabelDataset
+from cmitm_lib.data.datasets import LabelDataset
 from cmitm_lib.data.fractions import fraction_indices
 from cmitm_lib.evaluate import score
 from cmitm_lib.losses import info_nce
@@ -107,8 +107,15 @@ class SmallCNN(nn.Module):
         t = self.features(x).flatten(2).transpose(1, 2)
         return torch.cat([t.mean(1, keepdim=True), t], dim=1)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = x[:, 1:].mean(1)
+        return pooled if pre_logits else self.head(pooled)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tokens(x)[:, 1:].mean(1))
+        return self.forward_head(self.tokens(x))
 
 
 def cnn(preset, epochs: int, lr: float) -> None:
@@ -210,15 +217,6 @@ def contrastive_cnn(preset, epochs: int, lr: float, seed: int = 0) -> SmallCNN:
     return model.image_encoder
 
 
-@torch.no_grad()
-def _cnn_features(net: SmallCNN, images, preset) -> np.ndarray:
-    """Mean-pooled SmallCNN tokens of every image (eval transform), as `experiment.encoder_features` for E_v."""
-    net.eval()
-    data = LabelDataset(LabelData(images, np.zeros((len(images), 1), np.float32)), preset.data, preset.model,
-                        train=False)
-    return torch.cat([net.tokens(x)[:, 1:].mean(1) for x, _ in DataLoader(data, batch_size=256)]).numpy()
-
-
 def transfer_cnn(preset, epochs: int, lr: float, seeds: int) -> None:
     """The benchmark's claim with a convolutional prior: CLIP-like SmallCNN against random-init SmallCNN,
     linear probe (`experiment.linear_probe`) on the four tasks at 1 / 10 / 100%, paired by seed."""
@@ -227,10 +225,10 @@ def transfer_cnn(preset, epochs: int, lr: float, seeds: int) -> None:
     t0 = time.perf_counter()
     for seed in range(seeds):
         seed_everything(seed)
-        for method, net in (("random", SmallCNN()), ("clip", None)):
-            net = net if net is not None else contrastive_cnn(preset, epochs, lr, seed)
+        for method in ("random", "clip"):
+            net = SmallCNN() if method == "random" else contrastive_cnn(preset, epochs, lr, seed)
             for task, d in tasks.items():
-                train, val, test = (_cnn_features(net, s.images, preset) for s in (d.train, d.val, d.test))
+                train, val, test = (ex.network_features(net, s.images, preset, "cpu") for s in (d.train, d.val, d.test))
                 for fraction in (0.01, 0.1, 1.0):
                     idx = fraction_indices(len(d.train), fraction, seed, d.train.labels)
                     r = ex.linear_probe(train[idx], d.train.labels[idx], val, d.val.labels, test, d.test.labels,

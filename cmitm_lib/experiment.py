@@ -193,19 +193,26 @@ def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=pr
 # ------------------------------------------------------------------ evaluation
 
 
-@torch.no_grad()
 def encoder_features(encoder_state: dict | None, images, preset: Preset, seed: int,
                      device: str = "auto", batch_size: int = 256) -> np.ndarray:
     """Frozen E_v features (mean of the final-norm patch tokens) of every image, eval transform."""
+    from .models import build_classifier
+    from .train import seed_everything
+
+    seed_everything(seed)  # the random-init encoder depends on the seed
+    return network_features(build_classifier(preset.model, 1, encoder_state), images, preset, device, batch_size)
+
+
+@torch.no_grad()
+def network_features(net, images, preset: Preset, device: str = "auto", batch_size: int = 256) -> np.ndarray:
+    """``net.forward_head(net.forward_features(x), pre_logits=True)`` of every image, eval mode and transform."""
     from torch.utils.data import DataLoader
 
     from .data.datasets import LabelData, LabelDataset
-    from .models import build_classifier
-    from .train import autocast, resolve_device, seed_everything
+    from .train import autocast, resolve_device
 
     dev = resolve_device(device)
-    seed_everything(seed)  # the random-init encoder depends on the seed
-    net = build_classifier(preset.model, 1, encoder_state).to(dev).eval()
+    net = net.to(dev).eval()
     dummy = np.zeros((len(images), 1), dtype=np.float32)
     loader = DataLoader(LabelDataset(LabelData(images, dummy), preset.data, preset.model, train=False),
                         batch_size=batch_size)
