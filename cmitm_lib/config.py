@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+ENCODERS = ("vit", "cnn")  # ModelConfig.encoder's choices
+
+
 @dataclass
 class ModelConfig:
     img_size: int = 224  # encoder input side (the low-resolution view)
@@ -26,7 +29,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     # "vit" = the paper's E_v. "cnn" = models.ConvEncoder, an opt-in convolutional E_v with leak-free
     # masking for CPU budgets (not the paper; E_v's depth and num_heads are then unused).
-    encoder: str = "vit"
+    encoder: str = "vit"  # one of ENCODERS
     dec_dim: int = 768  # D_v width (MRM: 768, 6 heads)
     dec_depth: int = 4  # paper: 4 blocks
     dec_heads: int = 6
@@ -211,7 +214,7 @@ def parse_mapping(param: str, value: Any) -> dict:
 def check_parameters(**params: Any) -> None:
     """Check a notebook's or command's parameters up front, before any data is made or read.
 
-    Knows: preset, dataset (pre-training names), finetune_dataset, epochs, finetune_epochs, batch_size,
+    Knows: preset, encoder, dataset (pre-training names), finetune_dataset, epochs, finetune_epochs, batch_size,
     lr, mask_ratio, fractions, device, checkpoint_every, resume, accum_steps. Unknown names are an error too, so a
     typo cannot pass unnoticed.
     """
@@ -220,6 +223,8 @@ def check_parameters(**params: Any) -> None:
     for name, value in params.items():
         if name == "preset":
             check_choice(name, value, PRESETS)
+        elif name == "encoder":
+            check_choice(name, value, ENCODERS)
         elif name == "dataset":
             check_choice(name, value, PRETRAIN_DATASETS)
         elif name == "finetune_dataset":

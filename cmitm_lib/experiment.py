@@ -60,6 +60,8 @@ EXPERIMENTS = {  # name -> methods, tasks, fractions (the paper's choices for ea
     "calibration": (("random",), ALL_TASKS, (0.01, 0.1, 1.0)),
     # the core claim alone (CMITM and its stage 1 against random init), for the long scale
     "claim": (("random", "mrm", "cmitm"), ALL_TASKS, (0.01, 0.1, 1.0)),
+    # Fig. 3's ratios below 0.9 on every task and fraction against random init (the core claim per ratio)
+    "ratios": (("random",) + tuple(f"cmitm_m{r:g}" for r in FIG3_RATIOS if r < 0.9), ALL_TASKS, (0.01, 0.1, 1.0)),
 }
 # scale -> (seeds, preset changes). "full" is the tiny preset as it is.
 SCALES = {
@@ -565,6 +567,7 @@ CLAIMS = {  # experiment -> (a, b) pairs the paper claims a > b for
     "fig3": tuple(("cmitm_m0.75", f"cmitm_m{r:g}") for r in FIG3_RATIOS if r != 0.75),
     "calibration": (),
     "claim": (("cmitm", "random"), ("cmitm", "mrm")),
+    "ratios": tuple((f"cmitm_m{r:g}", "random") for r in FIG3_RATIOS if r < 0.9),
 }
 
 

@@ -135,3 +135,30 @@ def test_cli_trains_the_conv_encoder_and_its_checkpoint_keeps_it(tmp_path, micro
     with pytest.raises(ValueError, match="holds a 'cnn' image encoder; drop --encoder"):
         cli.main(["finetune", "--encoder", "vit", "--checkpoint-in", s2, "--fractions", "1.0", "--epochs", "1",
                   "--out-dir", str(tmp_path / "ft")])
+
+
+@pytest.mark.slow
+def test_lessons_2_to_4_run_with_the_conv_encoder(tmp_path):
+    """Lesson 2's `encoder` parameter builds the conv E_v; lessons 3 and 4 follow the checkpoint and skip
+    attention rollout (ViT only) with a message instead of an error."""
+    from pathlib import Path
+
+    pm = pytest.importorskip("papermill")
+    root = Path(__file__).resolve().parents[1]
+    small = {"epochs": 1, "batch_size": 16, "out_dir": str(tmp_path / "runs")}
+
+    def lesson(name: str, **params):
+        out = tmp_path / name
+        pm.execute_notebook(str(root / "notebooks" / name), str(out), cwd=str(root), parameters={**small, **params},
+                            kernel_name="python3", progress_bar=False)
+        return out.read_text()
+
+    lesson("02_stage1.ipynb", encoder="cnn", n_train_pairs=64, n_show=2, checkpoint_out=str(tmp_path / "stage1"))
+    assert json.loads((tmp_path / "stage1" / "config.json").read_text())["preset"]["model"]["encoder"] == "cnn"
+    text = lesson("03_stage2.ipynb", n_train_pairs=64, checkpoint_in=str(tmp_path / "stage1"),
+                  checkpoint_out=str(tmp_path / "stage2"))
+    assert "this checkpoint's E_v is 'cnn'" in text
+    text = lesson("04_finetune.ipynb", fractions=[0.01], checkpoint_in=str(tmp_path / "stage2"))
+    assert "this checkpoint's E_v is 'cnn'" in text and (tmp_path / "runs" / "finetune_results.json").is_file()
+    with pytest.raises(pm.PapermillExecutionError, match="encoder='mlp' is not valid"):
+        lesson("02_stage1.ipynb", encoder="mlp", checkpoint_out=str(tmp_path / "bad"))
