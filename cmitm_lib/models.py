@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from .config import ModelConfig
+from .config import ENCODERS, ModelConfig, check_choice
 from .losses import info_nce, masked_patch_mse, masked_token_ce
 
 
@@ -160,11 +160,8 @@ class ConvEncoder(nn.Module):
 
 def build_encoder(cfg: ModelConfig, num_classes: int = 0) -> nn.Module:
     """E_v as ``cfg.encoder`` says: the paper's ViT (`build_vit`) or the opt-in `ConvEncoder`."""
-    if cfg.encoder == "cnn":
-        return ConvEncoder(cfg, num_classes)
-    if cfg.encoder != "vit":
-        raise ValueError(f"encoder={cfg.encoder!r} is not valid; choose 'vit' (the paper) or 'cnn'")
-    return build_vit(cfg, num_classes)
+    check_choice("encoder", cfg.encoder, ENCODERS)
+    return ConvEncoder(cfg, num_classes) if cfg.encoder == "cnn" else build_vit(cfg, num_classes)
 
 
 def encode_visible_cnn(enc: ConvEncoder, imgs: torch.Tensor, mask_ratio: float,
