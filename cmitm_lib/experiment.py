@@ -542,6 +542,9 @@ def write_report(experiment: str, rows: list[dict], out: str | Path, command: st
     summary = summarize(rows)
     protocols = sorted({r["protocol"] for r in rows})
     name = experiment if protocols == ["linear"] else f"{experiment}_{'_'.join(protocols)}"
+    fractions = sorted({r["fraction"] for r in rows})
+    if fractions != sorted(EXPERIMENTS[experiment][2]):  # --fractions: a section of its own, beside the default one
+        name += "_f" + "-".join(f"{f:g}" for f in fractions)
     paths = {"csv": out / f"{name}_results.csv", "summary": out / f"{name}_summary.json",
              "plot": out / f"{name}.png", "markdown": out / f"{name}.md"}
     pd.DataFrame(rows).to_csv(paths["csv"], index=False)
@@ -624,15 +627,16 @@ def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
         f"{s1['batch_size']}. Downstream: train / val / test = {tuple(d['n_finetune'])} studies per task, from the "
         "downstream acquisition domain (see `cmitm_lib/data/tasks.py`).\n",
     ]
-    for name in [f"{e}{suffix}" for e in EXPERIMENTS for suffix in ("", "_finetune")]:
-        md = out / f"{name}.md"
-        if md.is_file():
-            parts.append(md.read_text())
-            png = out / f"{name}.png"
-            if png.is_file():
-                target = docs.parent / f"{docs.stem}_{name}.png"  # results.md -> results_table1.png
-                shutil.copyfile(png, target)
-                parts.append(f"![{name}]({target.name})\n")
+    order = list(EXPERIMENTS)  # sections in this order, each experiment's default section first:
+    sections = sorted((md for md in out.glob("*.md") if md.stem.split("_")[0] in EXPERIMENTS),
+                      key=lambda md: (order.index(md.stem.split("_")[0]), md.stem))  # table1, table1_f0.05, ...
+    for md in sections:
+        parts.append(md.read_text())
+        png = out / f"{md.stem}.png"
+        if png.is_file():
+            target = docs.parent / f"{docs.stem}_{md.stem}.png"  # results.md -> results_table1.png
+            shutil.copyfile(png, target)
+            parts.append(f"![{md.stem}]({target.name})\n")
     seconds = pretrain_seconds(out)
     if seconds:
         parts.append("### Pre-training time (seconds, summed over seeds)\n\n| link | seconds |\n|---|---|\n"

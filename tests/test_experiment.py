@@ -154,6 +154,13 @@ def test_report_with_a_single_method(tmp_path):
     paths = ex.write_report("calibration", rows, tmp_path, "cmitm experiment calibration --protocol finetune")
     assert all(Path(p).is_file() for p in paths.values())
     assert "| random init |" in (tmp_path / "calibration_finetune.md").read_text()
+    # other label fractions (--fractions) get a section of their own; the docs page keeps both, default first
+    other = [{**r, "fraction": 0.05} for r in rows if r["fraction"] == 0.01]
+    ex.write_report("calibration", other, tmp_path, "cmitm experiment calibration --protocol finetune --fractions 0.05")
+    assert "synth auc 5%" in (tmp_path / "calibration_finetune_f0.05.md").read_text()
+    (tmp_path / "preset.json").write_text(json.dumps(ex.scaled_preset("smoke").to_dict()))
+    page = ex.write_docs(tmp_path, tmp_path / "docs" / "results.md", "cmitm experiment calibration").read_text()
+    assert page.index("### calibration_finetune\n") < page.index("### calibration_finetune_f0.05\n")
 
 
 def test_cli_choices_name_every_experiment_and_scale(capsys):
