@@ -491,7 +491,8 @@ def markdown_table(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], rows: list[dict], title: str = ""):
-    """One panel per task: test metric against label fraction, one line per method (points = seeds)."""
+    """One panel per task: test metric against label fraction, one line per method; points are means over
+    seeds, bars the 95% Student-t interval of the tables (mean ± t * SE; none for one seed)."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
@@ -500,11 +501,13 @@ def plot(summary: list[dict], rows: list[dict], title: str = ""):
     df["test x100"] = 100 * df["test"]
     df["labels"] = df["fraction"].map(lambda f: f"{f:.0%}")
     tasks = [t for t in ALL_TASKS if t in set(df["task"])]
+    n = df["seed"].nunique()
+    errorbar = ("se", t_quantile(n)) if n > 1 else None  # seaborn's ("ci", 95) would bootstrap 3 values
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = df[df["task"] == task]
         dodge = 0.3 if sub["method"].nunique() > 1 else False  # seaborn divides by (methods - 1)
-        sns.pointplot(data=sub, x="labels", y="test x100", hue="method", ax=ax, errorbar=("ci", 95),
+        sns.pointplot(data=sub, x="labels", y="test x100", hue="method", ax=ax, errorbar=errorbar,
                       dodge=dodge, markersize=4, linewidth=1.2, legend=ax is axes[0][-1])
         ax.set_title(f"{task} ({sub['metric'].iloc[0]})", fontsize=9)
         ax.set_xlabel("labelled training images")
