@@ -181,6 +181,8 @@ def test_cli_choices_name_every_experiment_and_scale(capsys):
 
 def test_plot_bars_are_the_tables_intervals():
     """The plot's bars are the tables' 95% Student-t intervals (not seaborn's bootstrap of 3 values)."""
+    import matplotlib.pyplot as plt
+
     rows = [{"experiment": "claim", "method": m, "label": ex.METHODS[m][0], "task": "synth", "metric": "auc",
              "fraction": 0.01, "seed": seed, "protocol": "linear", "scale": "smoke", "val": 0.5, "test": test}
             for m, tests in (("random", (0.50, 0.61, 0.55)), ("cmitm", (0.60, 0.62, 0.70))) for seed, test in enumerate(tests)]
@@ -188,4 +190,5 @@ def test_plot_bars_are_the_tables_intervals():
     fig = ex.plot(summary, rows)
     halves = sorted((line.get_ydata()[1] - line.get_ydata()[0]) / 2 for line in fig.axes[0].lines
                     if len(line.get_ydata()) == 2)
+    plt.close(fig)
     assert np.allclose(halves, sorted(s["ci95"] for s in summary))
