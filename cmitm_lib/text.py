@@ -5,27 +5,72 @@ it is saved as ``tokenizer.json`` next to the model weights so a checkpoint is s
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """WordPiece vocabulary learned from the reports (as MRM does), lower-cased, BERT-style."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+def _bert_tokenizer(vocab: dict[str, int], lowercase: bool = True) -> Tokenizer:
+    """A BERT-style WordPiece tokenizer (BERT normaliser and pre-tokeniser, ``[CLS] ... [SEP]``) over ``vocab``."""
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                        special_tokens=SPECIAL_TOKENS)
-    tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+        single="[CLS] $A [SEP]", special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")])
     return tok
+
+
+def _merge(parts: list[str], pair: tuple[str, str], merged: str) -> list[str]:
+    out, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
+    return out
+
+
+def wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency: int = 2) -> dict[str, int]:
+    """WordPiece vocabulary by BPE-style merges (as `tokenizers`' WordPieceTrainer learns it), with ties
+    between equally frequent pairs broken lexicographically, so the same corpus always gives the same
+    vocabulary. (`tokenizers`' trainer breaks them by hash-map order, which changes from process to
+    process: huggingface/tokenizers#1794.) Words start as characters, later characters prefixed "##"."""
+    split = {w: [w[0]] + ["##" + c for c in w[1:]] for w in word_counts if w}
+    vocab = list(SPECIAL_TOKENS) + sorted({p for parts in split.values() for p in parts} - set(SPECIAL_TOKENS))
+    known = set(vocab)
+    while len(vocab) < vocab_size:
+        pairs: Counter = Counter()
+        for w, parts in split.items():
+            for pair in zip(parts, parts[1:]):
+                pairs[pair] += word_counts[w]
+        if not pairs:
+            break
+        pair, count = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        if count < min_frequency:
+            break
+        merged = pair[0] + pair[1][2:]
+        split = {w: _merge(parts, pair, merged) if len(parts) > 1 else parts for w, parts in split.items()}
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+    return {t: i for i, t in enumerate(vocab)}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """WordPiece vocabulary learned from the reports (as MRM does), lower-cased, BERT-style; deterministic
+    (`wordpiece_vocab`)."""
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts
+                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return _bert_tokenizer(wordpiece_vocab(counts, vocab_size, min_frequency))
 
 
 def pretrained_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
@@ -42,13 +87,7 @@ def pretrained_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{path / 'vocab.txt'} lacks the BERT special tokens {missing}")
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")])
-    return tok
+    return _bert_tokenizer(vocab, lowercase)
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:

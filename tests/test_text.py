@@ -1,6 +1,9 @@
 import torch
 
-from cmitm_lib.text import encode, load_tokenizer, pretrained_tokenizer, mask_words, save_tokenizer, train_tokenizer, word_token_table
+from pathlib import Path
+
+from cmitm_lib.text import (encode, load_tokenizer, mask_words, pretrained_tokenizer, save_tokenizer, train_tokenizer,
+                            word_token_table, wordpiece_vocab)
 
 REPORTS = ["FINDINGS: Small left pleural effusion. No pneumothorax. IMPRESSION: Left effusion.",
            "FINDINGS: The lungs are clear. Heart size is normal. IMPRESSION: No acute disease.",
@@ -62,3 +65,27 @@ def test_pretrained_tokenizer_names_what_is_missing(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
         pretrained_tokenizer(tmp_path)
+
+
+def test_tokenizer_training_is_the_same_in_every_process(tmp_path):
+    """`tokenizers`' own WordPieceTrainer breaks merge ties by hash-map order, which changes per process
+    (huggingface/tokenizers#1794); train_tokenizer must not."""
+    import subprocess
+    import sys
+    code = ("import sys; from tests.test_text import REPORTS; from cmitm_lib.text import train_tokenizer; "
+            "train_tokenizer(REPORTS, vocab_size=80, min_frequency=1).save(sys.argv[1])")
+    outs = []
+    for i in range(3):
+        out = tmp_path / f"tok{i}.json"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=Path(__file__).resolve().parents[1])
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_wordpiece_vocab_merges_the_most_frequent_pair_first_ties_alphabetically():
+    vocab = wordpiece_vocab({"ab": 3, "cd": 3, "ce": 1}, vocab_size=100, min_frequency=2)
+    tokens = list(vocab)
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert tokens[5:] == ["##b", "##d", "##e", "a", "c", "ab", "cd"]  # "ce" (count 1) is below min_frequency
+    tok = train_tokenizer(["Left effusion. Left effusion."], vocab_size=200, min_frequency=1)
+    assert tok.encode("left effusion").tokens == ["[CLS]", "left", "effusion", "[SEP]"]
