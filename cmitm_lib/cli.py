@@ -71,7 +71,7 @@ def demo(args: argparse.Namespace) -> dict:
     timings = {}
     train_pairs, heldout = load_pretrain(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     tokenizer = train_tokenizer(train_pairs.reports, preset.model.vocab_size)
-    model = build_model(preset, tokenizer)
+    model = build_model(preset, tokenizer, seed=args.seed)
     timings["data"] = time.perf_counter() - t0
     history = {}
     for stage in ("stage1", "stage2"):
@@ -130,7 +130,7 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
         tokenizer = (load_tokenizer(out / "tokenizer.json") if args.resume and (out / "tokenizer.json").is_file()
                      else pretrained_tokenizer(resolve(args.tokenizer)) if args.tokenizer
                      else train_tokenizer(train_pairs.reports, preset.model.vocab_size))
-        model = build_model(preset, tokenizer)
+        model = build_model(preset, tokenizer, seed=args.seed)
     checkpoint_dir = out if args.checkpoint_every or args.resume else None
     if checkpoint_dir is not None and not args.resume and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def _step_arguments(stage: str, opts: dict, preset: Preset) -> dict:
     return {"epochs": epochs, "lr": lr, "mask_ratio": opts.get("mask_ratio")}
 
 
-def _model_for_step(model, preset: Preset, tokenizer, opts: dict):
+def _model_for_step(model, preset: Preset, tokenizer, opts: dict, seed: int):
     """Swap in a model without D_r (image_proj on E_v's width) when the step asks for it; the
     weights E_v, E_t, D_v, D_t carry over."""
     from .train import build_model
@@ -138,7 +138,7 @@ def _model_for_step(model, preset: Preset, tokenizer, opts: dict):
         return model, preset
     preset = copy.deepcopy(preset)
     preset.model.use_rep_decoder = False
-    fresh = build_model(preset, tokenizer)
+    fresh = build_model(preset, tokenizer, seed=seed)  # a new image_proj, seeded like every other init
     keep = {k: v for k, v in model.state_dict().items() if not k.startswith("image_proj.")}
     fresh.load_state_dict(keep, strict=False)
     return fresh, preset
@@ -180,7 +180,7 @@ def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=pr
         model, tokenizer, step_preset, _ = load_checkpoint(root / keys[start - 1])
     for i in range(start, len(keys)):
         stage, opts = recipe[i]
-        model, step_preset = _model_for_step(model, step_preset, tokenizer, opts)
+        model, step_preset = _model_for_step(model, step_preset, tokenizer, opts, seed)
         t0 = time.perf_counter()
         history = pretrain(model, tokenizer, pairs, step_preset, stage, seed=seed, device=device, progress=False,
                            **_step_arguments(stage, opts, step_preset))

@@ -83,8 +83,12 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_model(preset: Preset, tokenizer) -> CMITM:
-    """A fresh CMITM for the preset, its text vocabulary sized to the tokenizer."""
+def build_model(preset: Preset, tokenizer, seed: int | None = None) -> CMITM:
+    """A fresh CMITM for the preset, its text vocabulary sized to the tokenizer. With ``seed`` the initial
+    weights are a function of it (torch's generator is seeded first); without, they follow torch's
+    current random state, which differs from process to process unless something seeded it."""
+    if seed is not None:
+        torch.manual_seed(seed)
     preset.model.vocab_size = tokenizer.get_vocab_size()
     return CMITM(preset.model)
 

@@ -89,3 +89,13 @@ def test_wordpiece_vocab_merges_the_most_frequent_pair_first_ties_alphabetically
     assert tokens[5:] == ["##b", "##d", "##e", "a", "c", "ab", "cd"]  # "ce" (count 1) is below min_frequency
     tok = train_tokenizer(["Left effusion. Left effusion."], vocab_size=200, min_frequency=1)
     assert tok.encode("left effusion").tokens == ["[CLS]", "left", "effusion", "[SEP]"]
+
+
+def test_build_model_with_a_seed_starts_from_the_same_weights(micro_preset, micro_tokenizer):
+    from cmitm_lib.train import build_model
+    a = build_model(micro_preset, micro_tokenizer, seed=3).state_dict()
+    torch.rand(100)  # whatever ran in between
+    b = build_model(micro_preset, micro_tokenizer, seed=3).state_dict()
+    c = build_model(micro_preset, micro_tokenizer, seed=4).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
