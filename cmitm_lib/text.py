@@ -57,7 +57,7 @@ def wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency:
         if count < min_frequency:
             break
         merged = pair[0] + pair[1][2:]
-        split = {w: _merge(parts, pair, merged) if len(parts) > 1 else parts for w, parts in split.items()}
+        split = {w: _merge(parts, pair, merged) for w, parts in split.items()}
         if merged not in known:
             vocab.append(merged)
             known.add(merged)
