@@ -241,7 +241,7 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     from . import experiment as ex
 
     scale = "quick" if args.quick else args.scale or "full"
-    extras = ("calibration", "claim", "ratios")  # not part of "all": run them by name
+    extras = ("calibration", "claim", "ratios", "reference")  # not part of "all": run them by name
     names = [n for n in ex.EXPERIMENTS if n not in extras] if args.experiment == "all" else [args.experiment]
     seeds = ex.SCALES[scale][0] if args.seeds is None else args.seeds
     fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
@@ -317,10 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="runs/finetune")
     p.set_defaults(func=finetune_cmd)
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
-    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "claim", "ratios", "all"),
+    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "claim", "ratios", "reference", "all"),
                    help="calibration: random init at 1/10/100%% on every task (use with --protocol finetune); "
                         "claim: random init, stage 1 and CMITM only (for --scale long); ratios: CMITM at stage-2 mask "
-                        "ratios 0-0.75 against random init on every task")
+                        "ratios 0-0.75 against random init on every task; reference: random init and an E_v "
+                        "supervised with the pre-training images' findings (not the paper's)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
     scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long", "cnn"),

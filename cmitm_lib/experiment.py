@@ -44,6 +44,11 @@ METHODS: dict[str, tuple[str, tuple]] = {
     "no_mask": ("- image masking in stage 2", (("stage1", {}), ("stage2", {"mask_ratio": 0.0}))),
     "no_rep": ("- representation decoder", (("stage1", {}), ("stage2", {"rep_decoder": False}))),
 }
+# Not a method of the paper: E_v trained with labels instead of reports, as far as the benchmark can
+# (the pre-training images' 7 image-truth findings, BCE, every weight; `_supervised_link`), for as many
+# epochs as the cascade (stage 1 + stage 2). How good an encoder do the pre-training images allow?
+METHODS["supervised"] = ("supervised on the pre-training images' findings (reference, not the paper's)",
+                         (("supervised", {}),))
 # With run(imagenet_weights=...), Table 1 gains this row: E_v from a local timm checkpoint, no pre-training.
 METHODS["imagenet"] = ("ImageNet init (local timm weights)", ())
 FIG3_RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
@@ -62,6 +67,8 @@ EXPERIMENTS = {  # name -> methods, tasks, fractions (the paper's choices for ea
     "claim": (("random", "mrm", "cmitm"), ALL_TASKS, (0.01, 0.1, 1.0)),
     # Fig. 3's ratios below 0.9 on every task and fraction against random init (the core claim per ratio)
     "ratios": (("random",) + tuple(f"cmitm_m{r:g}" for r in FIG3_RATIOS if r < 0.9), ALL_TASKS, (0.01, 0.1, 1.0)),
+    # what a label-supervised encoder gets from the same images: is a task learnable at 1% at all?
+    "reference": (("random", "supervised"), ALL_TASKS, (0.01, 0.1, 1.0)),
 }
 # scale -> (seeds, preset changes). "full" is the tiny preset as it is.
 SCALES = {
@@ -159,6 +166,8 @@ def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=pr
         return None
     root = out / "pretrain" / f"seed{seed}"
     keys = chain_keys(recipe, preset)
+    if recipe[0][0] == "supervised":
+        return _supervised_link(seed, preset, root / keys[0], log, device)
     done = [i for i, k in enumerate(keys) if (root / k / "config.json").is_file()]
     start = done[-1] + 1 if done else 0
     if start == len(keys):
@@ -190,6 +199,33 @@ def pretrained_encoder(method: str, seed: int, preset: Preset, out: Path, log=pr
         save_checkpoint(root / keys[i], model, step_preset, tokenizer,
                         {"method_link": keys[i], "seed": seed, "history": history, "seconds": seconds})
     return encoder_state(model)
+
+
+def _supervised_link(seed: int, preset: Preset, path: Path, log=print, device: str = "auto") -> dict:
+    """E_v of a classifier trained on the pre-training images' findings (`data.load_pretrain_labels`;
+    `train.finetune` with every label, best held-out epoch), cached in ``path`` as
+    ``encoder.safetensors`` + ``config.json`` (what made it; written last, so it marks the link done)."""
+    from safetensors.torch import load_file, save_file
+
+    from .data import load_pretrain_labels
+    from .train import finetune
+
+    if (path / "config.json").is_file():
+        return load_file(str(path / "encoder.safetensors"))
+    epochs = preset.stage1.epochs + preset.stage2.epochs  # the cascade's epoch budget
+    t0 = time.perf_counter()
+    r = finetune(load_pretrain_labels(preset), preset, None, 1.0, epochs=epochs, device=device, seed=seed,
+                 progress=False, keep_model=True)
+    seconds = time.perf_counter() - t0
+    state = {k: v.contiguous() for k, v in r.pop("model").state_dict().items() if not k.startswith("head.")}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path / "encoder.safetensors"))
+    meta = {"method_link": path.name, "seed": seed, "seconds": seconds, "epochs": epochs,
+            "best_epoch": r["best_epoch"], "heldout_auc": r["val_auc"], "history": r["history"]}
+    (path / "config.json").write_text(json.dumps({"preset": preset.to_dict(), "meta": meta}, indent=2))
+    log(f"  trained {path.name} (seed {seed}) in {seconds:.0f} s, best epoch {r['best_epoch']} of {epochs}, "
+        f"held-out macro AUC {r['val_auc']:.3f}")
+    return state
 
 
 # ------------------------------------------------------------------ evaluation
@@ -574,6 +610,7 @@ CLAIMS = {  # experiment -> (a, b) pairs the paper claims a > b for
     "calibration": (),
     "claim": (("cmitm", "random"), ("cmitm", "mrm")),
     "ratios": tuple((m, "random") for m in EXPERIMENTS["ratios"][0] if m != "random"),
+    "reference": (("supervised", "random"),),  # not a claim of the paper
 }
 
 
@@ -581,7 +618,9 @@ def _claims_markdown(experiment: str, rows: list[dict]) -> str:
     comparisons = [c for a, b in CLAIMS[experiment] for c in compare(rows, a, b)]
     if not comparisons:
         return ""
-    return ("\nThe paper's claims as paired differences (metric x 100, mean over seeds ± 95% CI; `>` or `<`: "
+    what = "Paired differences (a reference, not a claim of the paper; " if experiment == "reference" else \
+        "The paper's claims as paired differences ("
+    return (f"\n{what}metric x 100, mean over seeds ± 95% CI; `>` or `<`: "
             "the CI excludes 0, `=`: it does not, no mark: one seed):\n\n" + comparison_table(comparisons) + "\n")
 
 

@@ -98,6 +98,36 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     assert all(p for p in paths.values())
 
 
+def test_supervised_reference_trains_on_pretraining_labels_once(base, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    import cmitm_lib.train as train
+    from cmitm_lib.data import load_pretrain_labels
+
+    p = ex.scaled_preset("smoke", base)
+    labelled = load_pretrain_labels(p)
+    assert labelled.train.labels.shape == (256, 7) and labelled.val.labels.shape == (64, 7)
+    assert 0 < labelled.train.labels.mean() < 1  # image-truth findings, not all one value
+    monkeypatch.setitem(ex.EXPERIMENTS, "reference", (("random", "supervised"), ("synth-rsna",), (0.01,)))
+    said = []
+    rows = ex.run("reference", "smoke", 1, tmp_path, preset=base, device="cpu", log=said.append)
+    assert [r["method"] for r in rows] == ["random", "supervised"] and rows[0]["test"] != rows[1]["test"]
+    link = tmp_path / "smoke" / "pretrain" / "seed0" / "supervised"
+    meta = json.loads((link / "config.json").read_text())["meta"]
+    assert meta["epochs"] == 2 and len(meta["history"]) == 2 and 0 <= meta["heldout_auc"] <= 1  # stage 1 + 2
+    assert any("trained supervised (seed 0)" in s for s in said)
+    state = load_file(str(link / "encoder.safetensors"))
+    assert not any(k.startswith("head.") for k in state)
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    assert ex.run("reference", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None) == rows
+    got = ex.pretrained_encoder("supervised", 0, ex.scaled_preset("smoke", base), tmp_path / "smoke")
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    assert ex.pretrain_seconds(tmp_path / "smoke")["supervised"] == meta["seconds"]
+    md = ex.write_report("reference", rows, tmp_path / "smoke", "cmitm experiment reference")["markdown"]
+    assert "not a claim of the paper" in open(md).read()
+
+
 def test_output_folder_of_another_preset_is_refused(base, tmp_path):
     ex.check_same_preset(tmp_path, base)  # nothing saved yet: fine
     (tmp_path / "preset.json").write_text(json.dumps(base.to_dict()))

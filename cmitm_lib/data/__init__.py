@@ -68,6 +68,21 @@ def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0, **options
     return _real_pairs(name, root, seed, options)
 
 
+def load_pretrain_labels(preset: Preset) -> FinetuneData:
+    """The embedded pre-training images with their image-truth labels (the 7 findings, multi-label):
+    the labels SynthCXR knows and MIMIC-CXR's reports only hint at. Train = the pre-training pairs'
+    images; val and test are both the held-out pairs' images. For the benchmark's supervised
+    reference only (`experiment.METHODS["supervised"]`); CMITM never sees these labels."""
+    from .synth import FINDINGS
+
+    d = preset.data
+    imgs, labels, _, _ = _synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0)
+    h_imgs, h_labels, _, _ = _synth_batch(d.n_heldout, 0, d.synth_size, "pretrain", d.n_pretrain)
+    held = LabelData(h_imgs, h_labels.astype(np.float32))
+    return FinetuneData("synth-pretrain", list(FINDINGS), "multilabel", "auc",
+                        LabelData(imgs, labels.astype(np.float32)), held, held)
+
+
 def load_finetune(name: str, root: str, preset: Preset, seed: int = 0, **options) -> FinetuneData:
     """Train / val / test of a downstream task; ``options`` as for `load_pretrain`."""
     check_choice("dataset", name, FINETUNE_DATASETS)
