@@ -119,7 +119,10 @@ def test_supervised_reference_trains_on_pretraining_labels_once(base, tmp_path, 
     assert any("trained supervised (seed 0)" in s for s in said)
     state = load_file(str(link / "encoder.safetensors"))
     assert not any(k.startswith("head.") for k in state)
-    monkeypatch.setattr(train, "finetune", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached supervised link must not train again")
+
+    monkeypatch.setattr(train, "finetune", no_training)
     assert ex.run("reference", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None) == rows
     got = ex.pretrained_encoder("supervised", 0, ex.scaled_preset("smoke", base), tmp_path / "smoke")
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
