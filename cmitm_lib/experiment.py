@@ -3,7 +3,8 @@
 Every pre-training method is a *recipe*: a chain of `train.pretrain` stages started from a fresh
 model. Each finished link of a chain is a checkpoint folder under ``out/pretrain/seed<S>/``, shared
 by every method whose recipe starts with it (stage 1 is trained once per seed for CMITM, its
-ablations and the MRM-like baseline). Every finished evaluation is one line of
+ablations and the MRM-like baseline). One recipe is not a `train.pretrain` stage: the ``supervised``
+reference (`_supervised_link`), a classifier trained on the pre-training images' findings. Every finished evaluation is one line of
 ``out/results.jsonl``. Re-running the same command skips what is done, so an interrupted grid
 resumes where it stopped.
 
