@@ -20,11 +20,9 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from cmitm_lib import experiment as ex
 from cmitm_lib.data import load_finetune
-from cmitm_lib.data.datasets import LabelData, LabelDataset
 from cmitm_lib.data.fractions import fraction_indices
 from cmitm_lib.models import build_classifier
 from cmitm_lib.paths import resolve
@@ -33,29 +31,25 @@ from cmitm_lib.train import seed_everything
 POOLS = ("mean", "max", "mean+max")
 
 
-@torch.no_grad()
-def pooled_features(net, images, preset, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Patch tokens of every image (eval transform), pooled three ways."""
-    net.eval()
-    dummy = np.zeros((len(images), 1), dtype=np.float32)
-    loader = DataLoader(LabelDataset(LabelData(images, dummy), preset.data, preset.model, train=False),
-                        batch_size=batch_size)
-    out = {p: [] for p in POOLS}
-    for x, _ in loader:
-        full = net.forward_features(x)
-        mean = net.forward_head(full, pre_logits=True)  # exactly the runner's features (`network_features`)
-        peak = full[:, 1:].amax(1)  # per channel, the largest patch token (the class-token slot left out)
-        out["mean"].append(mean)
-        out["max"].append(peak)
-        out["mean+max"].append(torch.cat([mean, peak], 1))
-    return {p: torch.cat(v).numpy() for p, v in out.items()}
+def mean_and_max(net, tokens: torch.Tensor) -> torch.Tensor:
+    """The runner's features (the mean of the patch tokens, `experiment.network_features`) beside the
+    per-channel maximum over the patch tokens (the class-token slot left out)."""
+    return torch.cat([net.forward_head(tokens, pre_logits=True), tokens[:, 1:].amax(1)], 1)
+
+
+def pooled_features(net, images, preset) -> dict[str, np.ndarray]:
+    """Patch tokens of every image (eval transform), pooled three ways, from one forward pass."""
+    both = ex.network_features(net, images, preset, "cpu", pool=mean_and_max)
+    d = both.shape[1] // 2
+    return {"mean": both[:, :d], "max": both[:, d:], "mean+max": both}
 
 
 def summary(values: list[float]) -> str:
+    """Mean ± 95% CI half-width (Student t, as `experiment.summarize`) of test metrics, x 100."""
     v = 100 * np.asarray(values)
     if len(v) < 2:
         return f"{v.mean():.1f}"
-    return f"{v.mean():+.1f} ± {ex.t_quantile(len(v)) * v.std(ddof=1) / np.sqrt(len(v)):.1f}"
+    return f"{v.mean():.1f} ± {ex.t_quantile(len(v)) * v.std(ddof=1) / np.sqrt(len(v)):.1f}"
 
 
 def main() -> None:
@@ -77,8 +71,9 @@ def main() -> None:
     print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; scale {args.scale}, "
           f"{args.seeds} seeds, encoders from {out}")
     data = {t: load_finetune(t, "", preset, 0) for t in args.tasks}
-    # results[(task, pool, method, fraction)] = [test metric per seed]
-    results: dict[tuple, list[float]] = {}
+    # one runner-style row per evaluation, the pooling in the method name ("supervised max"), so that
+    # the paired differences are `experiment.compare`'s
+    rows: list[dict] = []
     for seed in range(args.seeds):
         for method in ("random", "supervised"):
             state = ex.pretrained_encoder(method, seed, preset, out)
@@ -91,19 +86,21 @@ def main() -> None:
                         idx = fraction_indices(len(d.train), f, seed, d.train.labels)
                         r = ex.linear_probe(feats["train"][pool][idx], d.train.labels[idx], feats["val"][pool],
                                             d.val.labels, feats["test"][pool], d.test.labels, d.task, d.metric)
-                        results.setdefault((task, pool, method, f), []).append(r["test"])
+                        rows.append({"method": f"{method} {pool}", "task": task, "fraction": f, "seed": seed,
+                                     "test": r["test"]})
         print(f"seed {seed} done, {time.perf_counter() - t0:.0f} s")
     fr = "".join(f" | {f:g}" for f in args.fractions)
     for task, d in data.items():
         print(f"\n{task}: test {d.metric} x 100, mean ± 95% CI over {args.seeds} seeds\n")
-        print(f"| pooling | encoder{fr} |\n|---|---|" + "---|" * len(args.fractions))
+        print(f"| encoder, pooling{fr} |\n|---|" + "---|" * len(args.fractions))
         for pool in POOLS:
             for method in ("random", "supervised"):
-                cells = " | ".join(summary(results[(task, pool, method, f)]).lstrip("+") for f in args.fractions)
-                print(f"| {pool} | {method} | {cells} |")
-            diffs = " | ".join(summary(np.subtract(results[(task, pool, "supervised", f)],
-                                                   results[(task, pool, "random", f)])) for f in args.fractions)
-            print(f"| {pool} | supervised - random | {diffs} |")
+                cells = " | ".join(summary([r["test"] for r in rows if r["method"] == f"{method} {pool}"
+                                            and r["task"] == task and r["fraction"] == f]) for f in args.fractions)
+                print(f"| {method} {pool} | {cells} |")
+    print("\nPaired by seed (`>` / `<`: the 95% CI excludes 0, `=`: it does not):\n")
+    print(ex.comparison_table([c for pool in POOLS
+                               for c in ex.compare(rows, f"supervised {pool}", f"random {pool}")]))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

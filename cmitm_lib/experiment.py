@@ -4,8 +4,8 @@ Every pre-training method is a *recipe*: a chain of `train.pretrain` stages star
 model. Each finished link of a chain is a checkpoint folder under ``out/pretrain/seed<S>/``, shared
 by every method whose recipe starts with it (stage 1 is trained once per seed for CMITM, its
 ablations and the MRM-like baseline). One recipe is not a `train.pretrain` stage: the ``supervised``
-reference (`_supervised_link`), a classifier trained on the pre-training images' findings. Every finished evaluation is one line of
-``out/results.jsonl``. Re-running the same command skips what is done, so an interrupted grid
+reference (`_supervised_link`), a classifier trained on the pre-training images' findings. Every
+finished evaluation is one line of ``out/results.jsonl``. Re-running the same command skips what is done, so an interrupted grid
 resumes where it stopped.
 
 Evaluation protocols (`protocol`):
@@ -243,8 +243,10 @@ def encoder_features(encoder_state: dict | None, images, preset: Preset, seed: i
 
 
 @torch.no_grad()
-def network_features(net, images, preset: Preset, device: str = "auto", batch_size: int = 256) -> np.ndarray:
-    """``net.forward_head(net.forward_features(x), pre_logits=True)`` of every image, eval mode and transform."""
+def network_features(net, images, preset: Preset, device: str = "auto", batch_size: int = 256,
+                     pool=None) -> np.ndarray:
+    """``net.forward_head(net.forward_features(x), pre_logits=True)`` of every image, eval mode and transform;
+    ``pool(net, tokens)`` replaces that head when given (``tokens``: ``forward_features``' output)."""
     from torch.utils.data import DataLoader
 
     from .data.datasets import LabelData, LabelDataset
@@ -258,7 +260,8 @@ def network_features(net, images, preset: Preset, device: str = "auto", batch_si
     feats = []
     for x, _ in loader:
         with autocast(dev):
-            feats.append(net.forward_head(net.forward_features(x.to(dev)), pre_logits=True).float().cpu())
+            tokens = net.forward_features(x.to(dev))
+            feats.append((net.forward_head(tokens, pre_logits=True) if pool is None else pool(net, tokens)).float().cpu())
     return torch.cat(feats).numpy()
 
 

@@ -119,6 +119,7 @@ def test_supervised_reference_trains_on_pretraining_labels_once(base, tmp_path, 
     assert any("trained supervised (seed 0)" in s for s in said)
     state = load_file(str(link / "encoder.safetensors"))
     assert not any(k.startswith("head.") for k in state)
+
     def no_training(*args, **kwargs):
         raise AssertionError("a cached supervised link must not train again")
 

@@ -1,6 +1,6 @@
-import torch
-
 from pathlib import Path
+
+import torch
 
 from cmitm_lib.text import (encode, load_tokenizer, mask_words, pretrained_tokenizer, save_tokenizer, train_tokenizer,
                             word_token_table, wordpiece_vocab)
