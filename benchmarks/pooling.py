@@ -67,6 +67,7 @@ def main() -> None:
     out = resolve(args.out) / args.scale
     out.mkdir(parents=True, exist_ok=True)
     ex.check_same_preset(out, preset)
+    ex.check_same_benchmark(out)
     (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))  # as the runner does
     print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; scale {args.scale}, "
           f"{args.seeds} seeds, encoders from {out}")

@@ -319,8 +319,8 @@ def _fill_proba(clf, x, n_classes):
 
 
 def _image_set(task: str) -> str:
-    """synth, synth-chexpert and synth-rsna share their images; synth-covidx has its own."""
-    return "covidx" if task == "synth-covidx" else "stream"
+    """synth and synth-chexpert share their images; synth-covidx and synth-rsna have their own."""
+    return task if task in ("synth-covidx", "synth-rsna") else "stream"
 
 
 def _row_key(row: dict) -> tuple:
@@ -352,6 +352,27 @@ def check_same_preset(out: Path, preset: Preset) -> None:
                          f"output folder (--out DIR / out_dir) or delete {out} to start over")
 
 
+def check_same_benchmark(out: Path) -> None:
+    """Refuse an output folder whose rows and checkpoints were made from another version of the embedded
+    benchmark (`data.benchmark_version`: the generator's and the tasks' source); write the version into
+    a new one."""
+    from .data import benchmark_version
+
+    saved, now = out / "benchmark.json", benchmark_version()
+    if saved.is_file():
+        made = json.loads(saved.read_text()).get("benchmark_version")
+    elif (out / "results.jsonl").is_file() or (out / "pretrain").is_dir():
+        made = "unrecorded (made before versions were recorded)"
+    else:
+        made = now
+    if made != now:
+        raise ValueError(f"{out} holds results made from another version of the embedded benchmark ({made}; "
+                         f"this checkout's data/synth.py + data/tasks.py are {now}); they would be reused as "
+                         f"if they were made from this one. Pass another output folder (--out DIR / out_dir) "
+                         f"or delete {out} to start over")
+    saved.write_text(json.dumps({"benchmark_version": now}) + "\n")
+
+
 def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
         protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print,
         fractions: tuple[float, ...] | None = None, imagenet_weights: str | Path | None = None) -> list[dict]:
@@ -374,6 +395,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     out = resolve(out) / scale
     out.mkdir(parents=True, exist_ok=True)
     check_same_preset(out, preset)
+    check_same_benchmark(out)
     (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
     methods, tasks, default_fractions = EXPERIMENTS[experiment]
     if imagenet_weights is not None:

@@ -143,6 +143,21 @@ def test_output_folder_of_another_preset_is_refused(base, tmp_path):
         ex.check_same_preset(tmp_path, longer)
 
 
+def test_output_folder_of_another_benchmark_version_is_refused(tmp_path):
+    from cmitm_lib.data import benchmark_version
+
+    ex.check_same_benchmark(tmp_path)  # a new folder: the version is written
+    assert json.loads((tmp_path / "benchmark.json").read_text()) == {"benchmark_version": benchmark_version()}
+    ex.check_same_benchmark(tmp_path)  # same version: fine
+    (tmp_path / "benchmark.json").write_text(json.dumps({"benchmark_version": "0123456789"}))
+    with pytest.raises(ValueError, match=r"another version of the embedded benchmark \(0123456789; .*another output folder"):
+        ex.check_same_benchmark(tmp_path)
+    old = tmp_path / "old"
+    (old / "pretrain").mkdir(parents=True)  # results from before versions were recorded
+    with pytest.raises(ValueError, match="unrecorded"):
+        ex.check_same_benchmark(old)
+
+
 def test_bad_arguments(base, tmp_path):
     with pytest.raises(ValueError, match="experiment='table9'"):
         ex.run("table9", "smoke", 1, tmp_path, preset=base)

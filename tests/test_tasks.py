@@ -63,6 +63,20 @@ def test_covidx_indices_balanced_disjoint_and_deterministic():
     assert counts["scanned"] >= 49 + counts["excluded (other findings)"]
 
 
+def test_rsna_indices_hold_rsna_prevalence_disjoint_and_deterministic():
+    sizes = (50, 9, 20)
+    splits, counts = tasks.rsna_indices(0, sizes)
+    again, _ = tasks.rsna_indices(0, sizes)
+    assert all(np.array_equal(a, b) for a, b in zip(splits, again))
+    assert len(set(np.concatenate(splits))) == sum(sizes) and min(splits[0]) >= tasks.RSNA_START
+    k = FINDINGS.index("consolidation")
+    for idx, n in zip(splits, sizes):
+        positives = sum(tasks.case_params(0, int(i), "downstream")["labels"][k] for i in idx)
+        assert (len(idx), positives) == (n, max(1, round(tasks.RSNA_PREVALENCE * n)))
+    assert counts == {"scanned": counts["scanned"], "excluded (other findings)": 0}
+    assert counts["scanned"] >= sum(sizes)
+
+
 @pytest.mark.parametrize("name", tasks.TASKS)
 def test_load_task_shapes_and_determinism(name, small_preset):
     d = load_finetune(name, "", small_preset)
@@ -85,8 +99,11 @@ def test_task_labels_follow_the_generator(small_preset):
     rsna = load_finetune("synth-rsna", "", small_preset)
     chex = load_finetune("synth-chexpert", "", small_preset)
     k = FINDINGS.index("consolidation")
-    np.testing.assert_array_equal(rsna.test.labels[:, 0], findings.test.labels[:, k])
-    np.testing.assert_array_equal(rsna.train.images, findings.train.images)  # one downstream stream
+    splits, _ = tasks.rsna_indices(0, small_preset.data.n_finetune)
+    for part, idx in zip((rsna.train, rsna.val, rsna.test), splits):  # its own stream, image truth
+        truth = [tasks.case_params(0, int(i), "downstream")["labels"][k] for i in idx]
+        np.testing.assert_array_equal(part.labels[:, 0], truth)
+    np.testing.assert_array_equal(chex.train.images, findings.train.images)  # one downstream stream
     cols = [FINDINGS.index(n) for n in tasks.CHEXPERT_FINDINGS]
     np.testing.assert_array_equal(chex.test.labels, findings.test.labels[:, cols])  # test: image truth
     for i in range(n_train):  # train: the report, U-policy on hedged mentions

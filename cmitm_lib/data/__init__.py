@@ -30,6 +30,14 @@ def _synth_version() -> str:
     return hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:10]
 
 
+@functools.lru_cache(maxsize=1)
+def benchmark_version() -> str:
+    """Hash of the generator's and the tasks' source: what an embedded-benchmark result was made from."""
+    from . import synth, tasks
+
+    return hashlib.sha1(Path(synth.__file__).read_bytes() + Path(tasks.__file__).read_bytes()).hexdigest()[:10]
+
+
 def _check_synth_size(n: int) -> None:
     if n < 1:
         raise ValueError(f"the preset asks for {n} SynthCXR cases; dataset='synth' needs the preset's data sizes "
@@ -121,15 +129,18 @@ def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
     classes, task, metric = tasks.TASK_INFO[name]
     for n in d.n_finetune:
         _check_synth_size(n)
-    if name == "synth-covidx":
-        splits, counts = tasks.covidx_indices(seed, d.n_finetune)
-        print(f"[synth-covidx] scanned {counts['scanned']} downstream studies, excluded "
-              f"{counts['excluded (other findings)']} with findings outside the three classes")
+    if name in tasks.SELECTED:
+        splits, counts = tasks.SELECTED[name](seed, d.n_finetune)
+        print(f"[{name}] scanned {counts['scanned']} downstream studies, excluded "
+              f"{counts['excluded (other findings)']} with findings outside the task's classes")
         parts = []
         for idx in splits:
             images, labels = _synth_cases(idx, seed, d.synth_size)
-            classes_of = [tasks.covidx_class(row) for row in labels]
-            parts.append(LabelData(images, np.eye(3, dtype=np.float32)[classes_of]))
+            if name == "synth-covidx":
+                labels = np.eye(3, dtype=np.float32)[[tasks.covidx_class(row) for row in labels]]
+            else:
+                labels = tasks.image_columns(labels, classes)
+            parts.append(LabelData(images, labels))
         return FinetuneData(name, classes, task, metric, *parts)
     parts, start = [], 0
     for split, n in zip(("train", "val", "test"), d.n_finetune):

@@ -200,12 +200,14 @@ def _draw_consolidation(rng, subtle):
     lobe = LOBES[rng.integers(len(LOBES))]
     u_range, v_range = LOBE_BOXES[lobe]
     extent = _grade(rng, ("patchy", "dense"), subtle)
-    opacity = {"patchy": (0.25, 0.40), "dense": (0.40, 0.60)}[extent]
+    # Lobar-pneumonia sized and dense enough to be seen at 64 px (calibration: benchmarks/README.md,
+    # "The RSNA-like task"); the first version's smaller, fainter blobs were not learnable even with labels.
+    opacity = {"patchy": (0.35, 0.50), "dense": (0.50, 0.70)}[extent]
     return {
         "lobe": lobe,
         "extent": extent,
         "centre": (float(rng.uniform(*u_range)), float(rng.uniform(*v_range))),
-        "radius": (float(rng.uniform(0.12, 0.20)), float(rng.uniform(0.11, 0.18))),
+        "radius": (float(rng.uniform(0.16, 0.26)), float(rng.uniform(0.14, 0.22))),
         "opacity": float(rng.uniform(*opacity)),
     }
 
@@ -219,7 +221,7 @@ def _draw_pneumothorax(rng, subtle):
 def _draw_nodule(rng, subtle):
     side = _side(rng)
     zone = ("upper", "mid", "lower")[rng.integers(3)]
-    diameter = rng.uniform(0.04, 0.06) if subtle else rng.uniform(0.04, 0.10)
+    diameter = rng.uniform(0.07, 0.09) if subtle else rng.uniform(0.07, 0.16)  # 12-28 mm: >= 2 px at 64 px
     u = side * rng.uniform(0.22 if zone == "upper" else 0.34, 0.55)
     return {
         "side": SIDE_WORD[side],
@@ -227,7 +229,7 @@ def _draw_nodule(rng, subtle):
         "centre": (float(u), float(rng.uniform(*NODULE_ZONES[zone]))),
         "radius": float(diameter / 2),
         "size_mm": int(round(diameter * MM_PER_UNIT)),
-        "density": float(0.10 + 1.0 * diameter),
+        "density": float(0.12 + 1.0 * diameter),
     }
 
 
@@ -432,7 +434,7 @@ def _consolidation_opacity(u, v, patch, params):
     (cu, cv), (ru, rv) = params["centre"], params["radius"]
     r2 = ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2
     blob = np.exp(-0.7 * r2)
-    return params["opacity"] * np.clip(1.5 * blob - 0.9 * (1 - patch), 0, 1)
+    return params["opacity"] * np.clip(1.5 * blob - 0.6 * (1 - patch), 0, 1)
 
 
 def _edema_opacity(u, v, params):

@@ -13,13 +13,16 @@ synth-chexpert     5 findings; TRAIN labels read from the report, hedged macro A
                    atelectasis, edema, effusion; U-zeros for
                    cardiomegaly, consolidation); val/test labels are
                    the image truth (CheXpert's expert-labelled test)
-synth-rsna         consolidation present (binary, pneumonia-like)        AUC         RSNA Pneumonia
+synth-rsna         consolidation present (binary, pneumonia-like), 22%   AUC         RSNA Pneumonia
+                   positive in every split (RSNA's share)
 synth-covidx       normal / focal consolidation / diffuse bilateral      accuracy    COVIDx
                    (edema), balanced thirds, other studies excluded
 =================  ====================================================  ==========  =============
 
-synth, synth-chexpert and synth-rsna share the downstream case stream (indices 0 ..); synth-covidx
-scans its own stream from index ``COVIDX_START`` on, keeping the first cases of each class.
+synth and synth-chexpert share the downstream case stream (indices 0 ..). synth-covidx and synth-rsna
+pick their studies by class from their own streams (``COVIDX_START``, ``RSNA_START``), keeping the
+first cases of each class: consolidation has a base rate of 13%, and at 1% of the labels (50 studies)
+that left 3-9 positives to learn from, where RSNA's 22% leaves about 11.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ CHEXPERT_FINDINGS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "e
 U_POLICY = {"atelectasis": 1.0, "cardiomegaly": 0.0, "consolidation": 0.0, "edema": 1.0, "effusion": 1.0}  # MGCA
 COVIDX_CLASSES = ("normal", "focal consolidation", "diffuse bilateral")
 COVIDX_START = 1_000_000
+RSNA_START = 2_000_000
+RSNA_PREVALENCE = 0.22  # RSNA Pneumonia: 6012 of 26684 studies with opacity boxes (22.5%)
 TASK_INFO = {  # name -> (classes, task, metric)
     "synth": (list(FINDINGS), "multilabel", "auc"),
     "synth-chexpert": (list(CHEXPERT_FINDINGS), "multilabel", "auc"),
@@ -70,25 +75,57 @@ def covidx_class(labels: np.ndarray) -> int | None:
     return None
 
 
-def covidx_indices(seed: int, sizes: tuple[int, int, int]) -> tuple[list[np.ndarray], dict]:
-    """Case indices of the train / val / test splits of synth-covidx (each split in balanced thirds,
-    the last third taking the remainder), and counts of what the scan saw and excluded."""
-    quotas = [[n // 3, n // 3, n - 2 * (n // 3)] for n in sizes]
-    need = [sum(q[c] for q in quotas) for c in range(3)]
-    found: list[list[int]] = [[], [], []]
-    index, excluded = COVIDX_START, 0
-    while any(len(found[c]) < need[c] for c in range(3)):
-        c = covidx_class(case_params(seed, index, "downstream")["labels"])
+def rsna_class(labels: np.ndarray) -> int:
+    """1 consolidation present, 0 absent (every study belongs to the task)."""
+    return int(labels[FINDINGS.index("consolidation")] > 0.5)
+
+
+def rsna_quotas(n: int) -> list[int]:
+    """Negatives and positives of an ``n``-study split of synth-rsna (positives: RSNA_PREVALENCE)."""
+    positives = max(1, round(RSNA_PREVALENCE * n))
+    return [n - positives, positives]
+
+
+def covidx_quotas(n: int) -> list[int]:
+    """Balanced thirds, the last class taking the remainder."""
+    return [n // 3, n // 3, n - 2 * (n // 3)]
+
+
+def select_indices(seed: int, sizes: tuple[int, ...], start: int, classify, quotas) -> tuple[list[np.ndarray], dict]:
+    """Case indices of each split of a task that picks its studies by class: scan the downstream stream
+    from ``start``, keep the first cases of each class until every split's ``quotas(n)`` is met (splits
+    disjoint, in order), and count what was scanned and what ``classify`` excluded (None)."""
+    per_split = [quotas(n) for n in sizes]
+    n_classes = len(per_split[0])
+    need = [sum(q[c] for q in per_split) for c in range(n_classes)]
+    found: list[list[int]] = [[] for _ in range(n_classes)]
+    index, excluded = start, 0
+    while any(len(found[c]) < need[c] for c in range(n_classes)):
+        c = classify(case_params(seed, index, "downstream")["labels"])
         if c is None:
             excluded += 1
         elif len(found[c]) < need[c]:
             found[c].append(index)
         index += 1
-    splits, taken = [], [0, 0, 0]
-    for q in quotas:
+    splits, taken = [], [0] * n_classes
+    for q in per_split:
         part = []
-        for c in range(3):
+        for c in range(n_classes):
             part += found[c][taken[c]: taken[c] + q[c]]
             taken[c] += q[c]
         splits.append(np.array(sorted(part)))
-    return splits, {"scanned": index - COVIDX_START, "excluded (other findings)": excluded}
+    return splits, {"scanned": index - start, "excluded (other findings)": excluded}
+
+
+def covidx_indices(seed: int, sizes: tuple[int, int, int]) -> tuple[list[np.ndarray], dict]:
+    """Case indices of the train / val / test splits of synth-covidx (balanced thirds)."""
+    return select_indices(seed, sizes, COVIDX_START, covidx_class, covidx_quotas)
+
+
+def rsna_indices(seed: int, sizes: tuple[int, int, int]) -> tuple[list[np.ndarray], dict]:
+    """Case indices of the train / val / test splits of synth-rsna (RSNA_PREVALENCE positives each)."""
+    return select_indices(seed, sizes, RSNA_START, rsna_class, rsna_quotas)
+
+
+# task -> how its studies are picked (the other tasks take the downstream stream as it comes)
+SELECTED = {"synth-covidx": covidx_indices, "synth-rsna": rsna_indices}

@@ -1,0 +1,100 @@
+"""Can each SynthCXR finding be read off random-init features? Per-finding linear probes, any generator version.
+
+    python benchmarks/findings_probe.py                       # this checkout's generator, ~2 min on 2 CPU cores
+    python benchmarks/findings_probe.py --generator-at 410c661  # the generator of an earlier commit (git show)
+
+For every finding: how much it changes the image (the brightest pixel of render(with) - render(without)
+at the encoder's 64 px, median over the positives; the image noise is ~0.015 there), and the test AUC
+of `experiment.linear_probe` on frozen random-init E_v features (the `cnn` scale's conv encoder, as the
+`reference` and `claim` runs at that scale use) with 100% and 1% of the training labels. The studies are
+the downstream stream's first 5000 / 500 / 1000 (seed 0), i.e. the synth task's splits, rendered by the
+chosen generator; the 1% figure is the mean over 5 label subsets (`fraction_indices`, seeds 0-4). This
+is the check that calibrated benchmark version 2 (benchmarks/README.md, "Benchmark version 2"): a
+finding that random features cannot see at 100% gives a label-efficiency claim nothing to measure.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmitm_lib import experiment as ex
+from cmitm_lib.data.fractions import fraction_indices
+
+
+def load_generator(rev: str | None):
+    """cmitm_lib.data.synth, or synth.py as it was at git revision ``rev`` (self-contained: numpy only)."""
+    if rev is None:
+        from cmitm_lib.data import synth
+
+        return synth
+    source = subprocess.run(["git", "show", f"{rev}:cmitm_lib/data/synth.py"], check=True, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    path = Path(tempfile.mkdtemp()) / f"synth_{rev}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def visibility(synth, seed: int, indices, name: str, size: int = 128, out: int = 64) -> float:
+    """Median over positives of the largest brightness change the finding makes at ``out`` px."""
+    jumps = []
+    for i in indices:
+        p = synth.case_params(seed, int(i), "downstream")
+        if name not in p["findings"]:
+            continue
+        q = copy.deepcopy(p)
+        del q["findings"][name]
+        k = size // out
+        diff = (synth.render(p, size) - synth.render(q, size)).reshape(out, k, out, k).mean((1, 3))
+        jumps.append(np.abs(diff).max())
+    return float(np.median(jumps))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--generator-at", default=None, help="a git revision whose data/synth.py renders the studies")
+    ap.add_argument("--init-seeds", type=int, default=2, help="random-init encoders (seeds 0 ..)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    synth = load_generator(args.generator_at)
+    preset = ex.scaled_preset("cnn")
+    print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; generator "
+          f"{args.generator_at or 'of this checkout'}, conv E_v at random init, seeds 0-{args.init_seeds - 1}")
+    n_train, n_val, n_test = preset.data.n_finetune
+    batch = synth.generate_cases(n_train + n_val + n_test, seed=0, size=preset.data.synth_size, domain="downstream")
+    parts = np.split(np.arange(len(batch.labels)), [n_train, n_train + n_val])
+    feats = [ex.encoder_features(None, batch.images, preset, s) for s in range(args.init_seeds)]
+    print(f"\n| finding | positives in train | max brightness change (median) | AUC 100% | AUC 1% (5 subsets) |")
+    print("|---|---|---|---|---|")
+    for k, name in enumerate(synth.FINDINGS):
+        y = batch.labels[:, [k]]
+        tr, va, te = (y[p] for p in parts)
+        full, one = [], []
+        for f in feats:
+            ftr, fva, fte = (f[p] for p in parts)
+            full.append(ex.linear_probe(ftr, tr, fva, va, fte, te, "multilabel", "auc")["test"])
+            for s in range(5):
+                idx = fraction_indices(n_train, 0.01, s, tr)
+                one.append(ex.linear_probe(ftr[idx], tr[idx], fva, va, fte, te, "multilabel", "auc")["test"])
+        jump = visibility(synth, 0, parts[0][:1000], name)
+        print(f"| {name} | {int(tr.sum())} | {jump:.3f} | {100 * np.mean(full):.1f} | {100 * np.mean(one):.1f} |")
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
