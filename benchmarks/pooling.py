@@ -14,7 +14,6 @@ calibration; the benchmark itself keeps mean-pooling.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -65,10 +64,7 @@ def main() -> None:
     t0 = time.perf_counter()
     preset = ex.scaled_preset(args.scale)
     out = resolve(args.out) / args.scale
-    out.mkdir(parents=True, exist_ok=True)
-    ex.check_same_preset(out, preset)
-    ex.check_same_benchmark(out)
-    (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))  # as the runner does
+    ex.prepare_output(out, preset)  # as the runner does
     print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; scale {args.scale}, "
           f"{args.seeds} seeds, encoders from {out}")
     data = {t: load_finetune(t, "", preset, 0) for t in args.tasks}

@@ -373,6 +373,15 @@ def check_same_benchmark(out: Path) -> None:
     saved.write_text(json.dumps({"benchmark_version": now}) + "\n")
 
 
+def prepare_output(out: Path, preset: Preset) -> None:
+    """Create ``out`` and refuse it if its cache was made with another preset or benchmark version;
+    then record this run's (``preset.json``, ``benchmark.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_preset(out, preset)
+    check_same_benchmark(out)
+    (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
+
+
 def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
         protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print,
         fractions: tuple[float, ...] | None = None, imagenet_weights: str | Path | None = None) -> list[dict]:
@@ -393,10 +402,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     check_positive_int("seeds", seeds)
     preset = scaled_preset(scale, preset)
     out = resolve(out) / scale
-    out.mkdir(parents=True, exist_ok=True)
-    check_same_preset(out, preset)
-    check_same_benchmark(out)
-    (out / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
+    prepare_output(out, preset)
     methods, tasks, default_fractions = EXPERIMENTS[experiment]
     if imagenet_weights is not None:
         if experiment != "table1":

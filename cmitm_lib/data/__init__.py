@@ -22,12 +22,16 @@ PRETRAIN_DATASETS = ("synth", "mimic", "openi")
 FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx")
 
 
+def _source_hash(*modules) -> str:
+    return hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()[:10]
+
+
 @functools.lru_cache(maxsize=1)
 def _synth_version() -> str:
     """Hash of the generator's source, read once per process (edits invalidate the cache)."""
     from . import synth
 
-    return hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:10]
+    return _source_hash(synth)
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,7 +39,7 @@ def benchmark_version() -> str:
     """Hash of the generator's and the tasks' source: what an embedded-benchmark result was made from."""
     from . import synth, tasks
 
-    return hashlib.sha1(Path(synth.__file__).read_bytes() + Path(tasks.__file__).read_bytes()).hexdigest()[:10]
+    return _source_hash(synth, tasks)
 
 
 def _check_synth_size(n: int) -> None:
@@ -136,11 +140,7 @@ def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
         parts = []
         for idx in splits:
             images, labels = _synth_cases(idx, seed, d.synth_size)
-            if name == "synth-covidx":
-                labels = np.eye(3, dtype=np.float32)[[tasks.covidx_class(row) for row in labels]]
-            else:
-                labels = tasks.image_columns(labels, classes)
-            parts.append(LabelData(images, labels))
+            parts.append(LabelData(images, _task_labels(name, classes, labels)))
         return FinetuneData(name, classes, task, metric, *parts)
     parts, start = [], 0
     for split, n in zip(("train", "val", "test"), d.n_finetune):
@@ -148,11 +148,20 @@ def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
         if name == "synth-chexpert" and split == "train":  # labels read from the reports, U-policy
             labels = np.stack([tasks.chexpert_labels(tasks.report_labels(tasks.case_params(seed, i, "downstream")))
                                for i in range(start, start + n)])
-        elif name != "synth":
-            labels = tasks.image_columns(labels, classes)
+        else:
+            labels = _task_labels(name, classes, labels)
         parts.append(LabelData(images, labels))
         start += n
     return FinetuneData(name, classes, task, metric, *parts)
+
+
+def _task_labels(name: str, classes: list[str], labels: np.ndarray) -> np.ndarray:
+    """A task's labels from (N, 7) image-truth labels: synth-covidx's classes one-hot, the others' findings."""
+    from . import tasks
+
+    if name == "synth-covidx":
+        return np.eye(len(classes), dtype=np.float32)[[tasks.covidx_class(row) for row in labels]]
+    return tasks.image_columns(labels, classes)
 
 
 def _synth_cases(indices: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
