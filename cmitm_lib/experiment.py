@@ -689,12 +689,17 @@ def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
     d, s1, s2 = preset["data"], preset["stage1"], preset["stage2"]
     encoder = ("the paper's ViT" if preset["model"].get("encoder", "vit") == "vit"
                else "convolutional (`models.ConvEncoder`, opt-in; not the paper's ViT)")
+    version_file = out / "benchmark.json"
+    version = (json.loads(version_file.read_text())["benchmark_version"] if version_file.is_file()
+               else "not recorded")
     parts = [
         "# Results on the embedded benchmark (SynthCXR)\n",
         f"Assembled by `{command}` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} "
         f"CPU cores, torch "
         f"{torch.__version__}) from the sections that the runs in `{_shown(out)}/` wrote; each "
-        "section names the command that made it, and every number is in the CSV it names.\n",
+        "section names the command that made it, and every number is in the CSV it names. Benchmark "
+        f"version {version} (`data.benchmark_version()`: the hash of `data/synth.py` + `data/tasks.py`; "
+        "a checkout whose hash differs makes other numbers).\n",
         f"Image encoder E_v: {encoder}. "
         f"Pre-training: {d['n_pretrain']} SynthCXR pairs (pre-training acquisition domain), stage 1 "
         f"{s1['epochs']} epochs (lr {s1['lr']:g}), stage 2 {s2['epochs']} epochs (lr {s2['lr']:g}), batch "

@@ -95,6 +95,9 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     docs = ex.write_docs(tmp_path / "smoke", tmp_path / "docs" / "results.md", "cmitm experiment table2")
     assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
     assert f"the runs in `{tmp_path / 'smoke'}/` wrote" in docs.read_text()  # the folder it read, not a guess
+    from cmitm_lib.data import benchmark_version
+
+    assert f"Benchmark version {benchmark_version()}" in docs.read_text()  # what made the numbers
     assert all(p for p in paths.values())
 
 
@@ -210,6 +213,7 @@ def test_report_with_a_single_method(tmp_path):
     (tmp_path / "preset.json").write_text(json.dumps(ex.scaled_preset("smoke").to_dict()))
     page = ex.write_docs(tmp_path, tmp_path / "docs" / "results.md", "cmitm experiment calibration").read_text()
     assert page.index("### calibration_finetune\n") < page.index("### calibration_finetune_f0.05\n")
+    assert "Benchmark version not recorded" in page  # a folder without benchmark.json says so
 
 
 def test_cli_choices_name_every_experiment_and_scale(capsys):
