@@ -84,6 +84,9 @@ def main() -> None:
     model, tok, preset, meta = load_link(root, args.link or "stage1", args.scale)
     print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; {args.scale} scale, seed {args.seed}")
     if args.link is not None:
+        if "loss_c" not in meta["history"][-1]:
+            raise SystemExit(f"{args.link} has no contrastive head trained (no L_c in its history); pass a stage-2 "
+                             f"link such as stage1__stage2, or --train-ratio to train stage 2 from stage1")
         ratio = preset.stage2.mask_ratio if "-m" not in args.link else float(args.link.split("-m")[1].split("-")[0])
         print(f"cached link {args.link} (stage-2 mask ratio {ratio:g}); L_c per epoch "
               f"{[round(h['loss_c'], 3) for h in meta['history']]}")
