@@ -11,6 +11,7 @@ import pytest
 
 from cmitm_lib import experiment as ex
 from cmitm_lib.checkpoint import read_config
+from cmitm_lib.data import benchmark_version
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +96,6 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     docs = ex.write_docs(tmp_path / "smoke", tmp_path / "docs" / "results.md", "cmitm experiment table2")
     assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
     assert f"the runs in `{tmp_path / 'smoke'}/` wrote" in docs.read_text()  # the folder it read, not a guess
-    from cmitm_lib.data import benchmark_version
-
     assert f"Benchmark version {benchmark_version()}" in docs.read_text()  # what made the numbers
     assert all(p for p in paths.values())
 
@@ -147,8 +146,6 @@ def test_output_folder_of_another_preset_is_refused(base, tmp_path):
 
 
 def test_output_folder_of_another_benchmark_version_is_refused(tmp_path):
-    from cmitm_lib.data import benchmark_version
-
     ex.check_same_benchmark(tmp_path)  # a new folder: the version is written
     assert json.loads((tmp_path / "benchmark.json").read_text()) == {"benchmark_version": benchmark_version()}
     ex.check_same_benchmark(tmp_path)  # same version: fine
