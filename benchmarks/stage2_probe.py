@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--link", default=None, help="a cached stage-2 link, e.g. stage1__stage2 or stage1__stage2-m0")
     ap.add_argument("--train-ratio", type=float, default=None, help="train stage 2 from the stage-1 link at this mask ratio")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=None, help="stage 2's peak lr (default: the scale's)")
+    ap.add_argument("--temperature", type=float, default=None, help="InfoNCE temperature (default: the paper's 0.07)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if (args.link is None) == (args.train_ratio is None):
@@ -92,11 +94,13 @@ def main() -> None:
               f"{[round(h['loss_c'], 3) for h in meta['history']]}")
     else:
         ratio = args.train_ratio
+        preset.stage2.lr = preset.stage2.lr if args.lr is None else args.lr
+        preset.stage2.temperature = preset.stage2.temperature if args.temperature is None else args.temperature
         pairs, _ = load_pretrain("synth", "", preset, 0)
         seed_everything(args.seed)
         history = pretrain(model, tok, pairs, preset, "stage2", epochs=args.epochs, mask_ratio=ratio,
                            seed=args.seed, progress=False)
-        print(f"stage 2 from stage1, mask ratio {ratio:g}, {args.epochs} epochs at lr {preset.stage2.lr:g}: L_c per "
+        print(f"stage 2 from stage1, mask ratio {ratio:g}, {args.epochs} epochs at lr {preset.stage2.lr:g}, temperature {preset.stage2.temperature:g}: L_c per "
               f"epoch {[round(h['loss_c'], 3) for h in history]} (chance {2 * np.log(preset.stage2.batch_size):.3f})")
     _, held = load_pretrain("synth", "", preset, 0)
     _, labels, _, _ = _synth_batch(preset.data.n_heldout, 0, preset.data.synth_size, "pretrain", preset.data.n_pretrain)
