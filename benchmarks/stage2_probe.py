@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from cmitm_lib import experiment as ex
 from cmitm_lib.checkpoint import load_checkpoint
-from cmitm_lib.data import PairData, _synth_batch, load_pretrain
+from cmitm_lib.data import PairData, load_pretrain, load_pretrain_labels
 from cmitm_lib.train import embed_pairs, pretrain, seed_everything
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         print(f"stage 2 from stage1, mask ratio {ratio:g}, {args.epochs} epochs at lr {preset.stage2.lr:g}, temperature {preset.stage2.temperature:g}: L_c per "
               f"epoch {[round(h['loss_c'], 3) for h in history]} (chance {2 * np.log(preset.stage2.batch_size):.3f})")
     _, held = load_pretrain("synth", "", preset, 0)
-    _, labels, _, _ = _synth_batch(preset.data.n_heldout, 0, preset.data.synth_size, "pretrain", preset.data.n_pretrain)
+    labels = load_pretrain_labels(preset).val.labels  # the held-out pairs' image-truth findings
     from cmitm_lib.data.synth import FINDINGS
 
     print(f"\n| eval mask ratio | similarity AUC: {' / '.join(FINDINGS)} | mean "
