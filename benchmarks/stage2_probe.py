@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from cmitm_lib import experiment as ex
 from cmitm_lib.checkpoint import load_checkpoint
 from cmitm_lib.data import PairData, load_pretrain, load_pretrain_labels
+from cmitm_lib.models import copy_decoder_embedding
 from cmitm_lib.train import embed_pairs, pretrain, seed_everything
 
 
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None, help="stage 2's peak lr (default: the scale's)")
     ap.add_argument("--temperature", type=float, default=None, help="InfoNCE temperature (default: the paper's 0.07)")
+    ap.add_argument("--rep-init", default=None, choices=["embedding", "decoder"],
+                    help="what D_r takes from stage 1's D_v before stage 2 (default: the scale's; ModelConfig.rep_init)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if (args.link is None) == (args.train_ratio is None):
@@ -96,11 +99,15 @@ def main() -> None:
         ratio = args.train_ratio
         preset.stage2.lr = preset.stage2.lr if args.lr is None else args.lr
         preset.stage2.temperature = preset.stage2.temperature if args.temperature is None else args.temperature
+        if args.rep_init is not None:
+            model.cfg.rep_init = preset.model.rep_init = args.rep_init
+            copy_decoder_embedding(model)  # what stage 1 ends with, now under this rep_init
         pairs, _ = load_pretrain("synth", "", preset, 0)
         seed_everything(args.seed)
         history = pretrain(model, tok, pairs, preset, "stage2", epochs=args.epochs, mask_ratio=ratio,
                            seed=args.seed, progress=False)
-        print(f"stage 2 from stage1, mask ratio {ratio:g}, {args.epochs} epochs at lr {preset.stage2.lr:g}, temperature {preset.stage2.temperature:g}: L_c per "
+        print(f"stage 2 from stage1, mask ratio {ratio:g}, {args.epochs} epochs at lr {preset.stage2.lr:g}, temperature {preset.stage2.temperature:g}, D_r from D_v's "
+              f"{preset.model.rep_init}: L_c per "
               f"epoch {[round(h['loss_c'], 3) for h in history]} (chance {2 * np.log(preset.stage2.batch_size):.3f})")
     _, held = load_pretrain("synth", "", preset, 0)
     labels = load_pretrain_labels(preset).val.labels  # the held-out pairs' image-truth findings

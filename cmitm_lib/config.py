@@ -16,6 +16,7 @@ from typing import Any
 
 
 ENCODERS = ("vit", "cnn")  # ModelConfig.encoder's choices
+REP_INITS = ("embedding", "decoder")  # ModelConfig.rep_init's choices
 
 
 @dataclass
@@ -37,6 +38,10 @@ class ModelConfig:
     rep_depth: int = 2  # paper: 2 blocks
     rep_heads: int = 6
     use_rep_decoder: bool = True  # False = the "- representation decoder" ablation (mean of visible tokens)
+    # What D_r takes from stage 1's D_v when stage 1 ends: "embedding" = its token embedding and mask token
+    # (as the CMITM code shares them); "decoder" = also its first rep_depth blocks and its norm (opt-in,
+    # not the paper; needs D_r's width and heads equal to D_v's), so D_r starts by filling in masked patches.
+    rep_init: str = "embedding"  # one of REP_INITS
     target_scale: int = 2  # D_v predicts a (2p x 2p) patch of the 2x view for each p x p input patch
     norm_pix: bool = True  # per-patch normalised reconstruction target (MAE)
     proj_hidden: int = 2048  # CMITM code: 768 -> 2048 -> BN -> ReLU -> 128 -> BN(no affine)

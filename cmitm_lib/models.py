@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from .config import ENCODERS, ModelConfig, check_choice
+from .config import ENCODERS, REP_INITS, ModelConfig, check_choice
 from .losses import info_nce, masked_patch_mse, masked_token_ce
 
 
@@ -355,17 +355,31 @@ def set_trainable(model: CMITM, stage: str) -> list[str]:
 
 @torch.no_grad()
 def copy_decoder_embedding(model: CMITM) -> bool:
-    """Give D_r the token embedding and mask token that stage 1 trained in D_v.
+    """Give D_r the token embedding and mask token that stage 1 trained in D_v (``rep_init="decoder"``:
+    also D_v's first ``rep_depth`` blocks and its norm).
 
     In the CMITM code D_r reads D_v's embedded tokens (shared ``decoder_embed`` and ``mask_token``),
     so stage 2 starts from an input embedding trained by reconstruction. Here the two decoders own
     separate copies (so stage 2 leaves D_v untouched) and stage 1 ends by copying. Returns False
     when the widths differ (then D_r keeps its own initialisation).
     """
-    if model.cfg.rep_dim != model.cfg.dec_dim:
+    cfg = model.cfg
+    check_choice("rep_init", cfg.rep_init, REP_INITS)
+    if cfg.rep_dim != cfg.dec_dim:
+        if cfg.rep_init == "decoder":
+            raise ValueError(f"rep_init='decoder' needs rep_dim == dec_dim (D_r {cfg.rep_dim}, D_v {cfg.dec_dim}); "
+                             f"set them equal or use rep_init='embedding'")
         return False
     model.rep_decoder.embed.load_state_dict(model.image_decoder.embed.state_dict())
     model.rep_decoder.mask_token.copy_(model.image_decoder.mask_token)
+    if cfg.rep_init == "decoder":
+        if cfg.rep_depth > cfg.dec_depth or cfg.rep_heads != cfg.dec_heads:
+            raise ValueError(f"rep_init='decoder' needs rep_depth <= dec_depth and rep_heads == dec_heads (D_r "
+                             f"{cfg.rep_depth} blocks x {cfg.rep_heads} heads, D_v {cfg.dec_depth} x {cfg.dec_heads}); "
+                             f"change them or use rep_init='embedding'")
+        for mine, theirs in zip(model.rep_decoder.blocks, model.image_decoder.blocks):
+            mine.load_state_dict(theirs.state_dict())
+        model.rep_decoder.norm.load_state_dict(model.image_decoder.norm.state_dict())
     return True
 
 
