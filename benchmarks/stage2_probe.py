@@ -2,7 +2,8 @@
 
     python benchmarks/stage2_probe.py --link stage1__stage2                 # the cached CMITM link, ~1 min
     python benchmarks/stage2_probe.py --train-ratio 0.75 --epochs 4         # stage 2 from the cached stage-1
-    python benchmarks/stage2_probe.py --train-ratio 0 --epochs 4            #   link, not saved; ~2 min / epoch
+    python benchmarks/stage2_probe.py --train-ratio 0 --epochs 4            #   link, not saved; ~30 s / epoch (cnn)
+    python benchmarks/stage2_probe.py --train-ratio 0.75 --epochs 12 --rep-init decoder   # D_r from stage 1's D_v
 
 The links are those of `cmitm experiment claim|ratios --scale cnn` (``--out``/<scale>/pretrain/seed<N>/); a
 missing one names the command that makes it. Trained here: the scale's stage 2 (its lr, temperature,

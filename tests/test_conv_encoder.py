@@ -115,6 +115,17 @@ def test_cnn_scale_changes_the_encoder_and_stage2_and_old_caches_still_match(tmp
         ex.check_same_preset(tmp_path, cnn)
 
 
+def test_cnn24_scale_is_cnn_with_a_longer_stage2_at_mask_ratio_025():
+    cnn, cnn24 = ex.scaled_preset("cnn"), ex.scaled_preset("cnn24")
+    assert cnn24.model == cnn.model and cnn24.stage1 == cnn.stage1 and cnn24.data == cnn.data
+    assert (cnn24.stage2.epochs, cnn24.stage2.lr, cnn24.stage2.mask_ratio) == (24, cnn.stage2.lr, 0.25)
+    assert cnn.stage2.mask_ratio == 0.75
+    # the CMITM link is the preset's own stage 2 (ratio 0.25); the paper's ratio is spelled out
+    keys = {m: ex.chain_keys(r, cnn24) for m, (_, r) in ex.METHODS.items()}
+    assert keys["cmitm"] == keys["cmitm_m0.25"] == ["stage1", "stage1__stage2"]
+    assert keys["cmitm_m0.75"] == ["stage1", "stage1__stage2-m0.75"]
+
+
 def test_cli_trains_the_conv_encoder_and_its_checkpoint_keeps_it(tmp_path, micro_preset, monkeypatch):
     from cmitm_lib import cli
 
