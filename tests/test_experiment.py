@@ -97,6 +97,7 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
     assert f"the runs in `{tmp_path / 'smoke'}/` wrote" in docs.read_text()  # the folder it read, not a guess
     assert f"Benchmark version {benchmark_version()}" in docs.read_text()  # what made the numbers
+    assert "image mask ratio 0.75)" in docs.read_text()  # stage 2's mask ratio, which scales may change
     assert all(p for p in paths.values())
 
 
