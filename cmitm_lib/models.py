@@ -258,6 +258,7 @@ class CMITM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        check_choice("rep_init", cfg.rep_init, REP_INITS)
         grid = cfg.img_size // cfg.patch_size
         target_p = cfg.patch_size * cfg.target_scale
         self.image_encoder = build_encoder(cfg)  # E_v

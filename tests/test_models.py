@@ -84,7 +84,7 @@ def test_rep_init_decoder_gives_d_r_the_trained_d_v(micro_preset, micro_pairs, m
     after = model.state_dict()
     d_r = {k.split(".", 1)[1]: v for k, v in after.items() if k.startswith("rep_decoder.")}
     assert any(k.startswith("blocks.0.") for k in d_r)
-    for k, v in d_r.items():  # every weight of D_r now is D_v's (D_v has no pixel predictor in D_r)
+    for k, v in d_r.items():  # every weight of D_r is now D_v's (D_r's predictor is an Identity)
         assert torch.equal(v, after["image_decoder." + k]), k
 
 
@@ -98,7 +98,7 @@ def test_rep_init_decoder_refuses_a_d_r_that_does_not_fit(micro_preset, micro_to
         copy_decoder_embedding(build_model(p, micro_tokenizer))
     p.model.rep_init = "blocks"
     with pytest.raises(ValueError, match="rep_init='blocks' is not valid"):
-        copy_decoder_embedding(build_model(p, micro_tokenizer))
+        build_model(p, micro_tokenizer)  # refused when the model is built, not after stage 1
 
 
 def test_finetune_model_holds_exactly_the_encoder_weights(micro_preset, micro_tokenizer):
