@@ -31,8 +31,9 @@ from sklearn.metrics import roc_auc_score
 
 from cmitm_lib import experiment as ex
 from cmitm_lib.checkpoint import load_checkpoint
+from cmitm_lib.config import REP_INITS
 from cmitm_lib.data import PairData, load_pretrain, load_pretrain_labels
-from cmitm_lib.models import copy_decoder_embedding
+from cmitm_lib.models import check_rep_init, copy_decoder_embedding
 from cmitm_lib.train import embed_pairs, pretrain, seed_everything
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None, help="stage 2's peak lr (default: the scale's)")
     ap.add_argument("--temperature", type=float, default=None, help="InfoNCE temperature (default: the paper's 0.07)")
-    ap.add_argument("--rep-init", default=None, choices=["embedding", "decoder"],
+    ap.add_argument("--rep-init", default=None, choices=REP_INITS,
                     help="what D_r takes from stage 1's D_v before stage 2 (default: the scale's; ModelConfig.rep_init)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -98,10 +99,13 @@ def main() -> None:
               f"{[round(h['loss_c'], 3) for h in meta['history']]}")
     else:
         ratio = args.train_ratio
-        preset.stage2.lr = preset.stage2.lr if args.lr is None else args.lr
-        preset.stage2.temperature = preset.stage2.temperature if args.temperature is None else args.temperature
+        if args.lr is not None:
+            preset.stage2.lr = args.lr
+        if args.temperature is not None:
+            preset.stage2.temperature = args.temperature
         if args.rep_init is not None:
             model.cfg.rep_init = preset.model.rep_init = args.rep_init
+            check_rep_init(model.cfg)
             copy_decoder_embedding(model)  # what stage 1 ends with, now under this rep_init
         pairs, _ = load_pretrain("synth", "", preset, 0)
         seed_everything(args.seed)

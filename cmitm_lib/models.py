@@ -258,7 +258,7 @@ class CMITM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        check_choice("rep_init", cfg.rep_init, REP_INITS)
+        check_rep_init(cfg)
         grid = cfg.img_size // cfg.patch_size
         target_p = cfg.patch_size * cfg.target_scale
         self.image_encoder = build_encoder(cfg)  # E_v
@@ -354,6 +354,17 @@ def set_trainable(model: CMITM, stage: str) -> list[str]:
     return names
 
 
+def check_rep_init(cfg: ModelConfig) -> None:
+    """Refuse, when the model is built, a ``rep_init`` that `copy_decoder_embedding` could not honour."""
+    check_choice("rep_init", cfg.rep_init, REP_INITS)
+    if cfg.rep_init != "decoder":
+        return
+    if cfg.rep_dim != cfg.dec_dim or cfg.rep_depth > cfg.dec_depth or cfg.rep_heads != cfg.dec_heads:
+        raise ValueError(f"rep_init='decoder' needs rep_dim == dec_dim, rep_depth <= dec_depth and rep_heads == "
+                         f"dec_heads (D_r {cfg.rep_dim} wide, {cfg.rep_depth} blocks x {cfg.rep_heads} heads; D_v "
+                         f"{cfg.dec_dim}, {cfg.dec_depth} x {cfg.dec_heads}); change them or use rep_init='embedding'")
+
+
 @torch.no_grad()
 def copy_decoder_embedding(model: CMITM) -> bool:
     """Give D_r the token embedding and mask token that stage 1 trained in D_v (``rep_init="decoder"``:
@@ -365,19 +376,11 @@ def copy_decoder_embedding(model: CMITM) -> bool:
     when the widths differ (then D_r keeps its own initialisation).
     """
     cfg = model.cfg
-    check_choice("rep_init", cfg.rep_init, REP_INITS)
     if cfg.rep_dim != cfg.dec_dim:
-        if cfg.rep_init == "decoder":
-            raise ValueError(f"rep_init='decoder' needs rep_dim == dec_dim (D_r {cfg.rep_dim}, D_v {cfg.dec_dim}); "
-                             f"set them equal or use rep_init='embedding'")
         return False
     model.rep_decoder.embed.load_state_dict(model.image_decoder.embed.state_dict())
     model.rep_decoder.mask_token.copy_(model.image_decoder.mask_token)
     if cfg.rep_init == "decoder":
-        if cfg.rep_depth > cfg.dec_depth or cfg.rep_heads != cfg.dec_heads:
-            raise ValueError(f"rep_init='decoder' needs rep_depth <= dec_depth and rep_heads == dec_heads (D_r "
-                             f"{cfg.rep_depth} blocks x {cfg.rep_heads} heads, D_v {cfg.dec_depth} x {cfg.dec_heads}); "
-                             f"change them or use rep_init='embedding'")
         for mine, theirs in zip(model.rep_decoder.blocks, model.image_decoder.blocks):
             mine.load_state_dict(theirs.state_dict())
         model.rep_decoder.norm.load_state_dict(model.image_decoder.norm.state_dict())
