@@ -324,13 +324,13 @@ def main(argv: list[str] | None = None) -> None:
                         "supervised with the pre-training images' findings (not the paper's)")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
-    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long", "cnn", "cnn24"),
+    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long", "cnn", "cnn24", "cnn24lr"),
                        help="default full (the tiny preset, 3 seeds; about an hour per experiment on 2 CPU "
                             "cores); quick: 1 seed, shorter pre-training; smoke: a few minutes, numbers "
                             "meaningless; long: full with 40 + 12 epochs (claim: ~30 min per seed); cnn: full "
                             "with a convolutional E_v (not the paper's ViT), stage 2 12 epochs at lr 1e-3; cnn24: cnn with "
-                            "stage 2 24 epochs at image mask ratio 0.25")
-    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long/cnn/cnn24 3)")
+                            "stage 2 24 epochs at image mask ratio 0.25; cnn24lr: cnn24 at a stage-2 lr of 3e-4")
+    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long/cnn/cnn24/cnn24lr 3)")
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
     p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")

@@ -126,6 +126,14 @@ def test_cnn24_scale_is_cnn_with_a_longer_stage2_at_mask_ratio_025():
     assert keys["cmitm_m0.75"] == ["stage1", "stage1__stage2-m0.75"]
 
 
+def test_cnn24lr_scale_is_cnn24_at_a_stage2_lr_of_3e_4():
+    cnn24, slow = ex.scaled_preset("cnn24"), ex.scaled_preset("cnn24lr")
+    assert slow.model == cnn24.model and slow.stage1 == cnn24.stage1 and slow.data == cnn24.data
+    assert slow.stage2.lr == 3e-4 and cnn24.stage2.lr == 1e-3
+    slow.stage2.lr = cnn24.stage2.lr
+    assert slow.stage2 == cnn24.stage2  # nothing else differs
+
+
 def test_cli_trains_the_conv_encoder_and_its_checkpoint_keeps_it(tmp_path, micro_preset, monkeypatch):
     from cmitm_lib import cli
 
