@@ -246,18 +246,20 @@ def experiment_cmd(args: argparse.Namespace) -> None:
     seeds = ex.SCALES[scale][0] if args.seeds is None else args.seeds
     fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
     weights = f" --imagenet-weights {args.imagenet_weights}" if args.imagenet_weights else ""
+    first = f" --first-seed {args.first_seed}" if args.first_seed else ""
     for name in names:
         table1 = name == "table1"  # the ImageNet row belongs to Table 1 only (also under "all")
         rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions,
-                      imagenet_weights=(args.imagenet_weights or None) if table1 else None)
-        command = (f"cmitm experiment {name} --scale {scale} --seeds {seeds} --protocol {args.protocol}"
+                      imagenet_weights=(args.imagenet_weights or None) if table1 else None,
+                      first_seed=args.first_seed)
+        command = (f"cmitm experiment {name} --scale {scale} --seeds {seeds}{first} --protocol {args.protocol}"
                    f"{fractions}{weights if table1 else ''}")
         paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
         print(Path(paths["markdown"]).read_text())
         print("written: " + ", ".join(paths.values()))
     if args.docs:
         ex.write_docs(resolve(args.out) / scale, resolve(args.docs),
-                      f"cmitm experiment {args.experiment} --scale {scale} --seeds {seeds} --protocol "
+                      f"cmitm experiment {args.experiment} --scale {scale} --seeds {seeds}{first} --protocol "
                       f"{args.protocol}{fractions}{weights} --docs {args.docs}")
         print(f"written: {resolve(args.docs)}")
 
@@ -331,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
                             "with a convolutional E_v (not the paper's ViT), stage 2 12 epochs at lr 1e-3; cnn24: cnn with "
                             "stage 2 24 epochs at image mask ratio 0.25; cnn24lr: cnn24 at a stage-2 lr of 3e-4")
     p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long/cnn/cnn24/cnn24lr 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds FIRST_SEED .. FIRST_SEED+SEEDS-1 (default 0): fresh seeds to confirm a result; "
+                        "their tables get a section of their own (e.g. claim_seeds5-9)")
     p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
                    help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
     p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")

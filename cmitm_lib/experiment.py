@@ -395,11 +395,13 @@ def prepare_output(out: Path, preset: Preset) -> None:
 
 def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: str | Path = "runs/experiments",
         protocol: str = "linear", device: str = "auto", preset: Preset | None = None, log=print,
-        fractions: tuple[float, ...] | None = None, imagenet_weights: str | Path | None = None) -> list[dict]:
+        fractions: tuple[float, ...] | None = None, imagenet_weights: str | Path | None = None,
+        first_seed: int = 0) -> list[dict]:
     """Train what is missing and evaluate every (method, task, fraction, seed) of ``experiment``.
 
     Returns the rows of this experiment (old and new). ``seeds`` defaults to the scale's (smoke and
-    quick 1, full 3). ``preset`` replaces the tiny preset as the base (tests pass a smaller one);
+    quick 1, full 3); the seeds are ``first_seed`` .. ``first_seed + seeds - 1`` (a later ``first_seed``
+    gives fresh seeds, e.g. to confirm a result without re-using the seeds it was seen on). ``preset`` replaces the tiny preset as the base (tests pass a smaller one);
     ``fractions`` replaces the experiment's label fractions (e.g. (0.01,) for fine-tuning on a CPU).
     ``imagenet_weights`` (Table 1 only): a local timm ViT checkpoint, evaluated as the "imagenet" row
     (`models.imagenet_encoder_state`; its rows are cached like the others, so keep one file per ``out``).
@@ -411,6 +413,9 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     check_choice("protocol", protocol, PROTOCOLS)
     seeds = SCALES[scale][0] if seeds is None else seeds
     check_positive_int("seeds", seeds)
+    if not isinstance(first_seed, int) or first_seed < 0:
+        raise ValueError(f"first_seed={first_seed!r} is not valid; use 0 (the default) or a positive integer")
+    seed_range = range(first_seed, first_seed + seeds)
     preset = scaled_preset(scale, preset)
     out = resolve(out) / scale
     prepare_output(out, preset)
@@ -425,7 +430,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
     done = {_row_key(r) for r in read_results(out)}
     data = {}
     t_start = time.perf_counter()
-    for seed in range(seeds):
+    for seed in seed_range:
         for method in methods:
             todo = [(t, f) for t in tasks for f in fractions
                     if (method, t, f, seed, protocol, scale) not in done]
@@ -473,7 +478,7 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
                 log(f"  {method:>12} {task:>15} {fraction:>5g} seed {seed}: test {d.metric} {r['test']:.3f}")
     log(f"{experiment} ({scale}): {time.perf_counter() - t_start:.0f} s this run")
     rows = [r for r in read_results(out) if r["method"] in methods and r["task"] in tasks
-            and r["fraction"] in fractions and r["protocol"] == protocol and r["seed"] < seeds]
+            and r["fraction"] in fractions and r["protocol"] == protocol and r["seed"] in seed_range]
     return rows
 
 
@@ -627,6 +632,9 @@ def write_report(experiment: str, rows: list[dict], out: str | Path, command: st
     fractions = sorted({r["fraction"] for r in rows})
     if fractions != sorted(EXPERIMENTS[experiment][2]):  # --fractions: a section of its own, beside the default one
         name += "_f" + "-".join(f"{f:g}" for f in fractions)
+    seeds = sorted({r["seed"] for r in rows})
+    if seeds and seeds[0] != 0:  # fresh seeds (run's first_seed): a section of its own, beside seeds 0..n-1
+        name += f"_seeds{seeds[0]}-{seeds[-1]}"
     paths = {"csv": out / f"{name}_results.csv", "summary": out / f"{name}_summary.json",
              "plot": out / f"{name}.png", "markdown": out / f"{name}.md"}
     pd.DataFrame(rows).to_csv(paths["csv"], index=False)
@@ -636,9 +644,8 @@ def write_report(experiment: str, rows: list[dict], out: str | Path, command: st
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    seeds = sorted({r["seed"] for r in rows})
     paths["markdown"].write_text(
-        f"### {name}\n\nCommand: `{command}`  \nSeeds: {len(seeds)}; protocol: "
+        f"### {name}\n\nCommand: `{command}`  \nSeeds: {len(seeds)} ({', '.join(map(str, seeds))}); protocol: "
         f"{', '.join(sorted({r['protocol'] for r in rows}))}; results: `{paths['csv'].name}` "
         f"({len(rows)} rows). Metric x 100, mean ± 95% CI half-width (Student t) over seeds.\n\n"
         + markdown_table(summary) + "\n" + _claims_markdown(experiment, rows))

@@ -85,6 +85,8 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "pretrain", no_training)
     again = ex.run("table2", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None)
     assert again == rows
+    with pytest.raises(AssertionError, match="must not train"):  # first_seed=1: seed 1 is fresh, so it trains
+        ex.run("table2", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None, first_seed=1)
     # fig2 reuses stage 1 and CMITM; only the CCL-only link is new (pretrain is blocked -> it must fail there)
     with pytest.raises(AssertionError, match="must not train"):
         ex.run("fig2", "smoke", 1, tmp_path, preset=base, device="cpu", log=lambda *a: None)
@@ -243,3 +245,15 @@ def test_plot_bars_are_the_tables_intervals():
                     if len(line.get_ydata()) == 2)
     plt.close(fig)
     assert np.allclose(halves, sorted(s["ci95"] for s in summary))
+
+
+def test_fresh_seeds_get_a_section_of_their_own(tmp_path):
+    rows = [{"experiment": "claim", "method": m, "label": m, "task": "synth-rsna", "metric": "auc", "fraction": 0.01,
+             "seed": seed, "protocol": "linear", "scale": "smoke", "val": 0.5, "test": t}
+            for seed in (5, 6, 7) for m, t in (("random", 0.55), ("cmitm", 0.6 + seed / 100), ("mrm", 0.56))]
+    paths = ex.write_report("claim", rows, tmp_path, "cmitm experiment claim --seeds 3 --first-seed 5")
+    assert Path(paths["csv"]).name == "claim_f0.01_seeds5-7_results.csv"  # beside claim_f0.01_results.csv
+    md = Path(paths["markdown"]).read_text()
+    assert md.startswith("### claim_f0.01_seeds5-7") and "Seeds: 3 (5, 6, 7)" in md
+    with pytest.raises(ValueError, match="first_seed=-1"):
+        ex.run("claim", "smoke", 1, tmp_path, first_seed=-1)
