@@ -402,7 +402,8 @@ def run(experiment: str, scale: str = "quick", seeds: int | None = None, out: st
 
     Returns the rows of this experiment (old and new). ``seeds`` defaults to the scale's (smoke and
     quick 1, full 3); the seeds are ``first_seed`` .. ``first_seed + seeds - 1`` (a later ``first_seed``
-    gives fresh seeds, e.g. to confirm a result without re-using the seeds it was seen on). ``preset`` replaces the tiny preset as the base (tests pass a smaller one);
+    gives fresh seeds, e.g. to confirm a result without re-using the seeds it was seen on).
+    ``preset`` replaces the tiny preset as the base (tests pass a smaller one);
     ``fractions`` replaces the experiment's label fractions (e.g. (0.01,) for fine-tuning on a CPU).
     ``imagenet_weights`` (Table 1 only): a local timm ViT checkpoint, evaluated as the "imagenet" row
     (`models.imagenet_encoder_state`; its rows are cached like the others, so keep one file per ``out``).
