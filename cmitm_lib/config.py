@@ -65,6 +65,7 @@ class DataConfig:
     n_heldout: int = 0  # SynthCXR only: held-out pairs for retrieval
     n_finetune: tuple[int, int, int] = (0, 0, 0)  # SynthCXR only: downstream train / val / test
     synth_size: int = 128  # SynthCXR only: rendered side before cropping
+    synth_level: str = "lesson"  # SynthCXR only: "lesson" (findings visible at 64 px) or "subtle" (data.synth.LEVELS)
 
 
 @dataclass

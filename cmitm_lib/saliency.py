@@ -181,12 +181,12 @@ def region_overlap(maps: list[np.ndarray], masks: list[np.ndarray]) -> dict:
             "empty": len(masks) - len(pairs)}
 
 
-def synth_cases(seed: int, domain: str, start: int, n: int, size: int = 128) -> dict:
+def synth_cases(seed: int, domain: str, start: int, n: int, size: int = 128, level: str = "lesson") -> dict:
     """SynthCXR cases start .. start + n - 1 with their images (uint8), labels and finding regions."""
     from .data import regions, synth
 
-    batch = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start)
-    masks = [regions.case_regions(seed, start + i, size, domain) for i in range(n)]
+    batch = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start, level=level)
+    masks = [regions.case_regions(seed, start + i, size, domain, level=level) for i in range(n)]
     return {"images": batch.images, "labels": batch.labels, "regions": masks, "findings": list(synth.FINDINGS),
             "reports": batch.reports, "index": list(range(start, start + n))}
 

@@ -240,12 +240,13 @@ def test_domains_differ_in_exposure_and_noise():
         assert sign * gap > 0, key
 
 
-def test_prevalence_in_intended_ranges():
-    batch = generate_cases(1000, seed=0, size=32)
-    prevalence = batch.labels.mean(0)
-    for name, p in zip(FINDINGS, prevalence):
-        assert 0.08 <= p <= 0.20, (name, p)
-    assert 0.35 <= (batch.labels.sum(1) == 0).mean() <= 0.50
+@pytest.mark.parametrize("level, finding_range, normal_range", [("subtle", (0.08, 0.20), (0.35, 0.50)),
+                                                                ("lesson", (0.12, 0.26), (0.22, 0.35))])
+def test_prevalence_in_intended_ranges(level, finding_range, normal_range):
+    labels = np.stack([synth.case_params(0, i, "pretrain", level)["labels"] for i in range(1000)])
+    for name, p in zip(FINDINGS, labels.mean(0)):
+        assert finding_range[0] <= p <= finding_range[1], (name, p)
+    assert normal_range[0] <= (labels.sum(1) == 0).mean() <= normal_range[1]
 
 
 # ---------------------------------------------------------------- arguments

@@ -49,17 +49,17 @@ def _check_synth_size(n: int) -> None:
                          "sized for real data: use preset='tiny' with synth, or a real dataset with preset='paper'")
 
 
-def _synth_batch(n: int, seed: int, size: int, domain: str, start: int):
+def _synth_batch(n: int, seed: int, size: int, domain: str, start: int, level: str = "lesson"):
     """SynthCXR cases, cached on disk under the generator's version."""
     from . import synth
 
     _check_synth_size(n)
     version = _synth_version()
-    path = cache_dir() / f"synth_{domain}_{seed}_{start}_{n}_{size}_{version}.npz"
+    path = cache_dir() / f"synth_{level}_{domain}_{seed}_{start}_{n}_{size}_{version}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         return z["images"], z["labels"], list(z["reports"]), list(z["patient_ids"])
-    b = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start)
+    b = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start, level=level)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one writer per process (DDP ranks)
     np.savez(tmp, images=b.images, labels=b.labels, reports=np.array(b.reports), patient_ids=np.array(b.patient_ids))
@@ -74,8 +74,9 @@ def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0, **options
     d = preset.data
     if name == "synth":
         _no_options_for_synth(name, options)
-        imgs, _, reports, pids = _synth_batch(d.n_pretrain, seed, d.synth_size, "pretrain", 0)
-        h_imgs, _, h_reports, h_pids = _synth_batch(d.n_heldout, seed, d.synth_size, "pretrain", d.n_pretrain)
+        imgs, _, reports, pids = _synth_batch(d.n_pretrain, seed, d.synth_size, "pretrain", 0, d.synth_level)
+        h_imgs, _, h_reports, h_pids = _synth_batch(d.n_heldout, seed, d.synth_size, "pretrain", d.n_pretrain,
+                                                    d.synth_level)
         return PairData(imgs, reports, pids), PairData(h_imgs, h_reports, h_pids)
     return _real_pairs(name, root, seed, options)
 
@@ -88,8 +89,8 @@ def load_pretrain_labels(preset: Preset) -> FinetuneData:
     from .synth import FINDINGS
 
     d = preset.data
-    imgs, labels, _, _ = _synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0)
-    h_imgs, h_labels, _, _ = _synth_batch(d.n_heldout, 0, d.synth_size, "pretrain", d.n_pretrain)
+    imgs, labels, _, _ = _synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0, d.synth_level)
+    h_imgs, h_labels, _, _ = _synth_batch(d.n_heldout, 0, d.synth_size, "pretrain", d.n_pretrain, d.synth_level)
     held = LabelData(h_imgs, h_labels.astype(np.float32))
     return FinetuneData("synth-pretrain", list(FINDINGS), "multilabel", "auc",
                         LabelData(imgs, labels.astype(np.float32)), held, held)
@@ -134,20 +135,20 @@ def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
     for n in d.n_finetune:
         _check_synth_size(n)
     if name in tasks.SELECTED:
-        splits, counts = tasks.SELECTED[name](seed, d.n_finetune)
+        splits, counts = tasks.SELECTED[name](seed, d.n_finetune, d.synth_level)
         print(f"[{name}] scanned {counts['scanned']} downstream studies, excluded "
               f"{counts['excluded (other findings)']} with findings outside the task's classes")
         parts = []
         for idx in splits:
-            images, labels = _synth_cases(idx, seed, d.synth_size)
+            images, labels = _synth_cases(idx, seed, d.synth_size, d.synth_level)
             parts.append(LabelData(images, _task_labels(name, classes, labels)))
         return FinetuneData(name, classes, task, metric, *parts)
     parts, start = [], 0
     for split, n in zip(("train", "val", "test"), d.n_finetune):
-        images, labels, _, _ = _synth_batch(n, seed, d.synth_size, "downstream", start)
+        images, labels, _, _ = _synth_batch(n, seed, d.synth_size, "downstream", start, d.synth_level)
         if name == "synth-chexpert" and split == "train":  # labels read from the reports, U-policy
-            labels = np.stack([tasks.chexpert_labels(tasks.report_labels(tasks.case_params(seed, i, "downstream")))
-                               for i in range(start, start + n)])
+            labels = np.stack([tasks.chexpert_labels(tasks.report_labels(
+                tasks.case_params(seed, i, "downstream", d.synth_level))) for i in range(start, start + n)])
         else:
             labels = _task_labels(name, classes, labels)
         parts.append(LabelData(images, labels))
@@ -164,16 +165,16 @@ def _task_labels(name: str, classes: list[str], labels: np.ndarray) -> np.ndarra
     return tasks.image_columns(labels, classes)
 
 
-def _synth_cases(indices: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _synth_cases(indices: np.ndarray, seed: int, size: int, level: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8) and image labels of downstream cases at arbitrary indices, cached on disk."""
     from . import synth
 
     key = hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:10]
-    path = cache_dir() / f"synth_cases_{seed}_{len(indices)}_{key}_{size}_{_synth_version()}.npz"
+    path = cache_dir() / f"synth_cases_{level}_{seed}_{len(indices)}_{key}_{size}_{_synth_version()}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         return z["images"], z["labels"]
-    cases = [synth.generate_case(seed, int(i), size, "downstream") for i in indices]
+    cases = [synth.generate_case(seed, int(i), size, "downstream", level) for i in indices]
     images = np.stack([np.round(c.image * 255).astype(np.uint8) for c in cases])
     labels = np.stack([c.labels for c in cases])
     path.parent.mkdir(parents=True, exist_ok=True)

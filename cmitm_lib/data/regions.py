@@ -40,6 +40,6 @@ def finding_regions(params: dict, size: int = 128, threshold: float = DEFAULT_TH
 
 
 def case_regions(seed: int, index: int, size: int = 128, domain: str = "pretrain",
-                 threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
-    """Finding regions of case ``index`` of the SynthCXR set drawn with ``seed`` in ``domain``."""
-    return finding_regions(case_params(seed, index, domain), size, threshold)
+                 threshold: float = DEFAULT_THRESHOLD, level: str = "lesson") -> dict[str, np.ndarray]:
+    """Finding regions of case ``index`` of the SynthCXR set drawn with ``seed`` in ``domain`` at ``level``."""
+    return finding_regions(case_params(seed, index, domain, level), size, threshold)

@@ -48,15 +48,66 @@ NODULE_ZONES = {"upper": (-0.50, -0.25), "mid": (-0.18, 0.08), "lower": (0.14, 0
 MM_PER_UNIT = 175.0  # 2 patient units ~ 350 mm of chest
 TEXTURE_STREAMS = ("vessels", "patch", "exposure", "noise")
 
+# Two levels of difficulty, drawn from the same anatomy, acquisition, reports and regions:
+# "lesson" (the default) draws every finding so that a person sees it in the 64-px picture the tiny
+# preset's model gets (an enlarged heart by its width, fluid with a meniscus, a dense lobar opacity, a
+# dark unmarked rim with a pleural line, a nodule of 4-6 px, a bat-wing haze, a thick plate above a
+# raised dome); "subtle" is the realistic drawing, where most findings are a few grey levels or one or
+# two pixels at 64 px (the kit's first version of the data).
+LEVELS = ("lesson", "subtle")
+
 # Base rates; edema and effusion lean on cardiomegaly, atelectasis on effusion (see draw_labels).
+# The lesson level has more findings and so fewer normal studies (about a fifth, against two fifths):
+# normal reports differ only in wording, so in a contrastive batch they are false negatives of each
+# other, and at 1% of the labels (50 studies) each finding still has about ten positives.
 PREVALENCE = {
-    "cardiomegaly": 0.14,
-    "effusion": 0.09,
-    "consolidation": 0.13,
-    "pneumothorax": 0.10,
-    "nodule": 0.11,
-    "edema": 0.06,
-    "atelectasis": 0.11,
+    "subtle": {"cardiomegaly": 0.14, "effusion": 0.09, "consolidation": 0.13, "pneumothorax": 0.10,
+               "nodule": 0.11, "edema": 0.06, "atelectasis": 0.11},
+    "lesson": {"cardiomegaly": 0.20, "effusion": 0.15, "consolidation": 0.20, "pneumothorax": 0.16,
+               "nodule": 0.18, "edema": 0.10, "atelectasis": 0.16},
+}
+# Per level, the ranges each finding is drawn from (patient units; density units for opacities).
+SHAPES = {
+    "subtle": {
+        "ctr": {"mild": (0.54, 0.59), "moderate": (0.59, 0.64), "marked": (0.64, 0.70)},
+        "effusion_height": {"small": (0.05, 0.09), "moderate": (0.13, 0.20), "large": (0.30, 0.45)},
+        "effusion_opacity": {"small": (0.35, 0.55), "moderate": (0.45, 0.65), "large": (0.55, 0.75)},
+        "effusion_density": 0.0,  # density the fluid adds on top of replacing the lung's air
+        # Lobar-pneumonia sized and dense enough to be learnt with labels at 64 px (an earlier drawing's
+        # smaller, fainter blobs were not learnable even with every label).
+        "consolidation_opacity": {"patchy": (0.35, 0.50), "dense": (0.50, 0.70)},
+        "consolidation_radius": ((0.16, 0.26), (0.14, 0.22)),
+        "pneumothorax_fraction": {"small": (0.88, 0.94), "large": (0.74, 0.84)},
+        "pneumothorax_lucency": 0.045,  # how much darker the unmarked air is than the lung
+        "pneumothorax_line": 0.2,  # how bright the visceral pleural line is
+        "nodule_diameter": {"mild": (0.07, 0.09), "any": (0.07, 0.16)},  # 12-28 mm: >= 2 px at 64 px
+        "nodule_density": 0.12,  # + the diameter
+        "edema_haze": {"mild": (0.06, 0.10), "moderate": (0.11, 0.17), "severe": (0.18, 0.26)},
+        "edema_spread": 0.22,  # half-width of the bat wing
+        "atelectasis_length": (0.11, 0.18),
+        "atelectasis_thickness": {"mild": (0.012, 0.018), "any": (0.014, 0.024)},
+        "atelectasis_opacity": (0.45, 0.75),
+        "dome_elevation": (0.02, 0.05),
+    },
+    "lesson": {
+        "ctr": {"mild": (0.63, 0.67), "moderate": (0.67, 0.72), "marked": (0.72, 0.78)},
+        "effusion_height": {"small": (0.18, 0.25), "moderate": (0.25, 0.34), "large": (0.34, 0.46)},
+        "effusion_opacity": {"small": (0.85, 0.92), "moderate": (0.88, 0.95), "large": (0.92, 1.00)},
+        "effusion_density": 0.10,
+        "consolidation_opacity": {"patchy": (0.60, 0.75), "dense": (0.75, 0.95)},
+        "consolidation_radius": ((0.20, 0.30), (0.16, 0.24)),
+        "pneumothorax_fraction": {"small": (0.68, 0.76), "large": (0.55, 0.68)},
+        "pneumothorax_lucency": 0.12,
+        "pneumothorax_line": 0.5,
+        "nodule_diameter": {"mild": (0.13, 0.15), "any": (0.13, 0.20)},  # 23-35 mm: 4-6 px at 64 px
+        "nodule_density": 0.25,
+        "edema_haze": {"mild": (0.55, 0.65), "moderate": (0.65, 0.75), "severe": (0.75, 0.85)},
+        "edema_spread": 0.32,  # half-width of the bat wing
+        "atelectasis_length": (0.20, 0.28),
+        "atelectasis_thickness": {"mild": (0.040, 0.050), "any": (0.045, 0.060)},
+        "atelectasis_opacity": (0.90, 1.00),
+        "dome_elevation": (0.06, 0.10),
+    },
 }
 HEDGE_RATE_POSITIVE = 0.08
 HEDGE_RATE_NEGATIVE = 0.02
@@ -94,6 +145,12 @@ def _check_domain(domain: str) -> int:
     if domain not in DOMAINS:
         raise ValueError(f"domain={domain!r} is not valid; use one of {DOMAINS}")
     return DOMAINS.index(domain)
+
+
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r} is not valid; use one of {LEVELS} ('lesson': findings visible at 64 px, "
+                         f"'subtle': the realistic, harder drawing)")
 
 
 def _check_size(size: int) -> None:
@@ -155,9 +212,9 @@ def draw_anatomy(rng: np.random.Generator) -> dict:
     }
 
 
-def draw_labels(rng: np.random.Generator) -> np.ndarray:
+def draw_labels(rng: np.random.Generator, level: str = "lesson") -> np.ndarray:
     """Presence of each finding; edema/effusion follow cardiomegaly, atelectasis follows effusion."""
-    p = dict(PREVALENCE)
+    p = dict(PREVALENCE[level])
     present = {}
     present["cardiomegaly"] = rng.random() < p["cardiomegaly"]
     p["edema"] += 0.25 * present["cardiomegaly"]
@@ -170,58 +227,56 @@ def draw_labels(rng: np.random.Generator) -> np.ndarray:
     return np.array([present[name] for name in FINDINGS], dtype=np.float32)
 
 
-# Each _draw_<finding>(rng, subtle) returns that finding's parameters; `subtle` (set for hedged
-# findings) forces the mildest grade.
+# Each _draw_<finding>(rng, mild, shape) returns that finding's parameters; `mild` (set for hedged
+# findings) forces the mildest grade, `shape` is the level's SHAPES entry.
 
 
-def _grade(rng: np.random.Generator, grades: tuple[str, ...], subtle: bool) -> str:
-    return grades[0] if subtle else grades[rng.integers(len(grades))]
+def _grade(rng: np.random.Generator, grades: tuple[str, ...], mild: bool) -> str:
+    return grades[0] if mild else grades[rng.integers(len(grades))]
 
 
 def _side(rng: np.random.Generator) -> int:
     return int(rng.choice((-1, 1)))
 
 
-def _draw_cardiomegaly(rng, subtle):
-    severity = _grade(rng, ("mild", "moderate", "marked"), subtle)
-    ctr = {"mild": (0.54, 0.59), "moderate": (0.59, 0.64), "marked": (0.64, 0.70)}[severity]
-    return {"severity": severity, "ctr": float(rng.uniform(*ctr))}
+def _draw_cardiomegaly(rng, mild, shape):
+    severity = _grade(rng, ("mild", "moderate", "marked"), mild)
+    return {"severity": severity, "ctr": float(rng.uniform(*shape["ctr"][severity]))}
 
 
-def _draw_effusion(rng, subtle):
+def _draw_effusion(rng, mild, shape):
     side = "bilateral" if rng.random() < 0.25 else SIDE_WORD[_side(rng)]
-    size = _grade(rng, ("small", "moderate", "large"), subtle)
-    height = {"small": (0.05, 0.09), "moderate": (0.13, 0.20), "large": (0.30, 0.45)}[size]
-    opacity = {"small": (0.35, 0.55), "moderate": (0.45, 0.65), "large": (0.55, 0.75)}[size]
-    return {"side": side, "size": size, "height": float(rng.uniform(*height)), "opacity": float(rng.uniform(*opacity))}
+    size = _grade(rng, ("small", "moderate", "large"), mild)
+    return {"side": side, "size": size, "height": float(rng.uniform(*shape["effusion_height"][size])),
+            "opacity": float(rng.uniform(*shape["effusion_opacity"][size])), "density": shape["effusion_density"]}
 
 
-def _draw_consolidation(rng, subtle):
+def _draw_consolidation(rng, mild, shape):
     lobe = LOBES[rng.integers(len(LOBES))]
     u_range, v_range = LOBE_BOXES[lobe]
-    extent = _grade(rng, ("patchy", "dense"), subtle)
-    # Lobar-pneumonia sized and dense enough to be seen at 64 px (calibration: benchmarks/README.md,
-    # "The RSNA-like task"); the first version's smaller, fainter blobs were not learnable even with labels.
-    opacity = {"patchy": (0.35, 0.50), "dense": (0.50, 0.70)}[extent]
+    extent = _grade(rng, ("patchy", "dense"), mild)
+    opacity = shape["consolidation_opacity"][extent]
+    (ru, rv) = shape["consolidation_radius"]
     return {
         "lobe": lobe,
         "extent": extent,
         "centre": (float(rng.uniform(*u_range)), float(rng.uniform(*v_range))),
-        "radius": (float(rng.uniform(0.16, 0.26)), float(rng.uniform(0.14, 0.22))),
+        "radius": (float(rng.uniform(*ru)), float(rng.uniform(*rv))),
         "opacity": float(rng.uniform(*opacity)),
     }
 
 
-def _draw_pneumothorax(rng, subtle):
-    size = _grade(rng, ("small", "large"), subtle)
-    collapse = {"small": (0.88, 0.94), "large": (0.74, 0.84)}[size]
-    return {"side": SIDE_WORD[_side(rng)], "size": size, "lung_fraction": float(rng.uniform(*collapse))}
+def _draw_pneumothorax(rng, mild, shape):
+    size = _grade(rng, ("small", "large"), mild)
+    collapse = shape["pneumothorax_fraction"][size]
+    return {"side": SIDE_WORD[_side(rng)], "size": size, "lung_fraction": float(rng.uniform(*collapse)),
+            "lucency": shape["pneumothorax_lucency"], "line": shape["pneumothorax_line"]}
 
 
-def _draw_nodule(rng, subtle):
+def _draw_nodule(rng, mild, shape):
     side = _side(rng)
     zone = ("upper", "mid", "lower")[rng.integers(3)]
-    diameter = rng.uniform(0.07, 0.09) if subtle else rng.uniform(0.07, 0.16)  # 12-28 mm: >= 2 px at 64 px
+    diameter = rng.uniform(*shape["nodule_diameter"]["mild" if mild else "any"])
     u = side * rng.uniform(0.22 if zone == "upper" else 0.34, 0.55)
     return {
         "side": SIDE_WORD[side],
@@ -229,27 +284,27 @@ def _draw_nodule(rng, subtle):
         "centre": (float(u), float(rng.uniform(*NODULE_ZONES[zone]))),
         "radius": float(diameter / 2),
         "size_mm": int(round(diameter * MM_PER_UNIT)),
-        "density": float(0.12 + 1.0 * diameter),
+        "density": float(shape["nodule_density"] + 1.0 * diameter),
     }
 
 
-def _draw_edema(rng, subtle):
-    severity = _grade(rng, ("mild", "moderate", "severe"), subtle)
-    haze = {"mild": (0.06, 0.10), "moderate": (0.11, 0.17), "severe": (0.18, 0.26)}[severity]
-    return {"severity": severity, "haze": float(rng.uniform(*haze))}
+def _draw_edema(rng, mild, shape):
+    severity = _grade(rng, ("mild", "moderate", "severe"), mild)
+    return {"severity": severity, "haze": float(rng.uniform(*shape["edema_haze"][severity])),
+            "spread": shape["edema_spread"]}
 
 
-def _draw_atelectasis(rng, subtle):
+def _draw_atelectasis(rng, mild, shape):
     side = _side(rng)
     return {
         "side": SIDE_WORD[side],
         "centre_u": float(side * rng.uniform(0.32, 0.50)),
         "above_dome": float(rng.uniform(0.07, 0.15)),
-        "half_length": float(rng.uniform(0.11, 0.18)),
-        "half_thickness": float(rng.uniform(0.012, 0.018) if subtle else rng.uniform(0.014, 0.024)),
+        "half_length": float(rng.uniform(*shape["atelectasis_length"])),
+        "half_thickness": float(rng.uniform(*shape["atelectasis_thickness"]["mild" if mild else "any"])),
         "angle_deg": float(rng.uniform(-15.0, 15.0)),
-        "opacity": float(rng.uniform(0.45, 0.75)),
-        "dome_elevation": float(rng.uniform(0.02, 0.05)),
+        "opacity": float(rng.uniform(*shape["atelectasis_opacity"])),
+        "dome_elevation": float(rng.uniform(*shape["dome_elevation"])),
     }
 
 
@@ -264,19 +319,21 @@ FINDING_DRAWERS = {
 }
 
 
-def draw_params(rng: np.random.Generator, domain: str) -> dict:
+def draw_params(rng: np.random.Generator, domain: str, level: str = "lesson") -> dict:
     """Everything `render` and the report need; hedged positives get the mildest grade."""
+    _check_level(level)
     acquisition = draw_acquisition(rng, domain)
     anatomy = draw_anatomy(rng)
-    labels = draw_labels(rng)
+    labels = draw_labels(rng, level)
     hedge_rate = np.where(labels == 1, HEDGE_RATE_POSITIVE, HEDGE_RATE_NEGATIVE)
     hedged = rng.random(len(FINDINGS)) < hedge_rate
     findings, mentions = {}, {}
     for i, name in enumerate(FINDINGS):
         if labels[i] or hedged[i]:
-            drawn = FINDING_DRAWERS[name](rng, bool(hedged[i]))
+            drawn = FINDING_DRAWERS[name](rng, bool(hedged[i]), SHAPES[level])
             (findings if labels[i] else mentions)[name] = drawn
     return {
+        "level": level,
         "acquisition": acquisition,
         "anatomy": anatomy,
         "labels": labels,
@@ -419,14 +476,14 @@ def _sides(side_word: str) -> tuple[int, ...]:
 # ---------------------------------------------------------------- finding opacities
 
 
-def _effusion_opacity(u, v, dome, params):
-    """Fluid filling the base up to a meniscus that climbs the lateral chest wall."""
+def _effusion_fluid(u, v, dome, params):
+    """Where the fluid is (0..1): the base up to a meniscus that climbs the lateral chest wall."""
     fluid = np.zeros_like(u)
     for side in _sides(params["side"]):
         lateral = np.clip((side * u - 0.15) / 0.5, 0, 1)
         surface = dome - params["height"] + 0.6 * params["height"] * (1 - lateral) ** 2
         fluid = np.maximum(fluid, _ramp(v - surface, 0.04) * (side * u > 0))
-    return params["opacity"] * fluid
+    return fluid
 
 
 def _consolidation_opacity(u, v, patch, params):
@@ -439,7 +496,8 @@ def _consolidation_opacity(u, v, patch, params):
 
 def _edema_opacity(u, v, params):
     """Bilateral perihilar ("bat-wing") haze."""
-    return params["haze"] * np.exp(-(((np.abs(u) - 0.22) / 0.22) ** 2) - (v / 0.32) ** 2)
+    w = params["spread"]
+    return params["haze"] * np.exp(-(((np.abs(u) - 0.22) / w) ** 2) - (v / (w + 0.10)) ** 2)
 
 
 def _atelectasis_opacity(u, v, dome, params):
@@ -491,12 +549,14 @@ def _density(u, v, params, size):
             inner = _lung_radius(u, v, anatomy, side, ptx["lung_fraction"])
             collapsed += lung * _ramp(inner - 1, 0.03)
             pleural_line = np.clip(1 - np.abs(inner - 1) / 0.02, 0, 1)
-            lungs -= lung * 0.2 * pleural_line  # thin visible visceral pleura
+            lungs -= lung * ptx["line"] * pleural_line  # thin visible visceral pleura
     lungs *= (1 - mediastinum) * (1 - 0.85 * heart)
 
     opacity = np.zeros_like(u)
+    fluid = np.zeros_like(u)
     if "effusion" in findings:
-        opacity = np.maximum(opacity, _effusion_opacity(u, v, dome, findings["effusion"]))
+        fluid = _effusion_fluid(u, v, dome, findings["effusion"])
+        opacity = np.maximum(opacity, findings["effusion"]["opacity"] * fluid)
     if "consolidation" in findings:
         patch = np.clip(0.5 + 0.35 * smooth_noise(_texture_rng(params, "patch"), size, 18), 0, 1)
         opacity = np.maximum(opacity, _consolidation_opacity(u, v, patch, findings["consolidation"]))
@@ -516,9 +576,11 @@ def _density(u, v, params, size):
     d += body * np.maximum(0.10 * (1 - above_dome), anatomy["heart_density"] * heart)  # abdomen, heart
     d += body * (0.08 * mediastinum + 0.12 * spine - 0.10 * trachea)
     d -= 0.30 * lungs * (1 - opacity)
-    d -= 0.045 * collapsed
+    d -= (findings["pneumothorax"]["lucency"] if "pneumothorax" in findings else 0.0) * collapsed
     d += lungs * (1 - collapsed) * (markings + 0.06 * hilum)
     d += body * (0.07 * _ribs(u, v, dome, anatomy) + 0.12 * _clavicles(u, v, anatomy))
+    if "effusion" in findings:
+        d += findings["effusion"]["density"] * body * fluid
     if "nodule" in findings:
         d += _nodule_density(u, v, findings["nodule"])
     return np.clip(d, 0, None)
@@ -760,16 +822,16 @@ def _case_rng(seed: int, index: int, domain: str) -> np.random.Generator:
     return np.random.default_rng([seed, index, _check_domain(domain)])
 
 
-def case_params(seed: int, index: int, domain: str = "pretrain") -> dict:
+def case_params(seed: int, index: int, domain: str = "pretrain", level: str = "lesson") -> dict:
     """The parameters `generate_case` draws for a case, without rendering (cheap; size-independent)."""
-    return draw_params(_case_rng(seed, index, domain), domain)
+    return draw_params(_case_rng(seed, index, domain), domain, level)
 
 
-def generate_case(seed: int, index: int, size: int = 128, domain: str = "pretrain") -> Case:
-    """One deterministic case: same (seed, index, size, domain) -> same image and report."""
+def generate_case(seed: int, index: int, size: int = 128, domain: str = "pretrain", level: str = "lesson") -> Case:
+    """One deterministic case: same (seed, index, size, domain, level) -> same image and report."""
     _check_size(size)
     rng = _case_rng(seed, index, domain)
-    params = draw_params(rng, domain)
+    params = draw_params(rng, domain, level)
     report, report_labels = compose_report(rng, params)
     return Case(
         image=render(params, size),
@@ -782,19 +844,21 @@ def generate_case(seed: int, index: int, size: int = 128, domain: str = "pretrai
     )
 
 
-def generate_cases(n: int, seed: int, size: int = 128, domain: str = "pretrain", start: int = 0) -> SynthBatch:
+def generate_cases(n: int, seed: int, size: int = 128, domain: str = "pretrain", start: int = 0,
+                   level: str = "lesson") -> SynthBatch:
     """Cases start .. start + n - 1 stacked into a SynthBatch (images as uint8)."""
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n={n!r} is not valid; use an integer >= 1")
     _check_non_negative("start", start)
     _check_size(size)
     _check_domain(domain)
+    _check_level(level)
     images = np.empty((n, size, size), dtype=np.uint8)
     labels = np.empty((n, len(FINDINGS)), dtype=np.float32)
     report_labels = np.empty((n, len(FINDINGS)), dtype=np.float32)
     reports, patient_ids, findings = [], [], []
     for i in range(n):
-        case = generate_case(seed, start + i, size, domain)
+        case = generate_case(seed, start + i, size, domain, level)
         images[i] = np.round(case.image * 255).astype(np.uint8)
         labels[i], report_labels[i] = case.labels, case.report_labels
         reports.append(case.report)

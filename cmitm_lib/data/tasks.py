@@ -91,7 +91,8 @@ def covidx_quotas(n: int) -> list[int]:
     return [n // 3, n // 3, n - 2 * (n // 3)]
 
 
-def select_indices(seed: int, sizes: tuple[int, ...], start: int, classify, quotas) -> tuple[list[np.ndarray], dict]:
+def select_indices(seed: int, sizes: tuple[int, ...], start: int, classify, quotas,
+                   level: str = "lesson") -> tuple[list[np.ndarray], dict]:
     """Case indices of each split of a task that picks its studies by class: scan the downstream stream
     from ``start``, keep the first cases of each class until every split's ``quotas(n)`` is met (splits
     disjoint, in order), and count what was scanned and what ``classify`` excluded (None)."""
@@ -101,7 +102,7 @@ def select_indices(seed: int, sizes: tuple[int, ...], start: int, classify, quot
     found: list[list[int]] = [[] for _ in range(n_classes)]
     index, excluded = start, 0
     while any(len(found[c]) < need[c] for c in range(n_classes)):
-        c = classify(case_params(seed, index, "downstream")["labels"])
+        c = classify(case_params(seed, index, "downstream", level)["labels"])
         if c is None:
             excluded += 1
         elif len(found[c]) < need[c]:
@@ -117,14 +118,14 @@ def select_indices(seed: int, sizes: tuple[int, ...], start: int, classify, quot
     return splits, {"scanned": index - start, "excluded (other findings)": excluded}
 
 
-def covidx_indices(seed: int, sizes: tuple[int, int, int]) -> tuple[list[np.ndarray], dict]:
+def covidx_indices(seed: int, sizes: tuple[int, int, int], level: str = "lesson") -> tuple[list[np.ndarray], dict]:
     """Case indices of the train / val / test splits of synth-covidx (balanced thirds)."""
-    return select_indices(seed, sizes, COVIDX_START, covidx_class, covidx_quotas)
+    return select_indices(seed, sizes, COVIDX_START, covidx_class, covidx_quotas, level)
 
 
-def rsna_indices(seed: int, sizes: tuple[int, int, int]) -> tuple[list[np.ndarray], dict]:
+def rsna_indices(seed: int, sizes: tuple[int, int, int], level: str = "lesson") -> tuple[list[np.ndarray], dict]:
     """Case indices of the train / val / test splits of synth-rsna (RSNA_PREVALENCE positives each)."""
-    return select_indices(seed, sizes, RSNA_START, rsna_class, rsna_quotas)
+    return select_indices(seed, sizes, RSNA_START, rsna_class, rsna_quotas, level)
 
 
 # task -> how its studies are picked (the other tasks take the downstream stream as it comes)
