@@ -16,6 +16,7 @@ from typing import Any
 
 
 ENCODERS = ("vit", "cnn")  # ModelConfig.encoder's choices
+GLOBAL_POOLS = ("avg", "avgmax")  # ModelConfig.global_pool's choices
 REP_INITS = ("embedding", "decoder")  # ModelConfig.rep_init's choices
 
 
@@ -28,6 +29,10 @@ class ModelConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # How token sets are pooled wherever the paper says AvgPool (E_v's classifier, D_r -> h_v, q_um -> D_t):
+    # a timm pool type. "avg" = the paper's; "avgmax" = (mean + max) / 2, which lets a few-pixel finding in
+    # one patch reach the pooled vector (the tiny preset: benchmarks/README.md, "Supervised reference").
+    global_pool: str = "avg"  # one of GLOBAL_POOLS
     # "vit" = the paper's E_v. "cnn" = models.ConvEncoder, an opt-in convolutional E_v with leak-free
     # masking for CPU budgets (not the paper; E_v's depth and num_heads are then unused).
     encoder: str = "vit"  # one of ENCODERS
@@ -127,7 +132,7 @@ def _tiny() -> Preset:
     return Preset(
         name="tiny",
         model=ModelConfig(
-            img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3,
+            img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, global_pool="avgmax",
             dec_dim=128, dec_depth=2, dec_heads=4, rep_dim=128, rep_depth=2, rep_heads=4,
             proj_hidden=512, proj_dim=64,
             vocab_size=1000, text_hidden=128, text_layers=2, text_heads=2, text_intermediate=512, max_len=64,

@@ -184,21 +184,24 @@ def embed_texts(model, tokenizer, texts: list[str], max_len: int, device: str = 
 
 
 @torch.no_grad()
-def embed_images(model, images, preset, device: str = "auto", batch_size: int = 128) -> torch.Tensor:
-    """z_v = h_v(AvgPool(D_r(E_v(image)))) for unmasked images (uint8 (N, H, W) or file paths)."""
+def embed_images(model, images, preset, device: str = "auto", batch_size: int = 128,
+                 mask_ratio: float | None = None) -> torch.Tensor:
+    """z_v of images (uint8 (N, H, W) or file paths) as stage 2 sees them: `CMITM.eval_image_embedding`
+    at ``mask_ratio`` (default the preset's stage-2 ratio; 0 = unmasked)."""
     from torch.utils.data import DataLoader
 
     from .data.datasets import LabelData, LabelDataset
     from .train import autocast, resolve_device
 
     dev = resolve_device(device)
+    ratio = preset.stage2.mask_ratio if mask_ratio is None else mask_ratio
     model.to(dev).eval()
     dummy = LabelData(images, np.zeros((len(images), 1), dtype=np.float32))
     out = []
-    for x, _ in DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size):
+    loader = DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size)
+    for i, (x, _) in enumerate(loader):
         with autocast(dev):
-            latent, _, ids_restore = model.encode_image(x.to(dev), 0.0)
-            out.append(model.image_embedding(latent, ids_restore).float().cpu())
+            out.append(model.eval_image_embedding(x.to(dev), ratio, seed=1000 * i).float().cpu())
     return torch.cat(out)
 
 

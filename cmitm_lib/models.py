@@ -11,11 +11,11 @@ import math
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from .config import ENCODERS, REP_INITS, ModelConfig, check_choice
+from .config import ENCODERS, GLOBAL_POOLS, REP_INITS, ModelConfig, check_choice
 from .losses import info_nce, masked_patch_mse, masked_token_ce
 
 
@@ -103,18 +103,24 @@ def unshuffle(tokens: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch
 def build_vit(cfg: ModelConfig, num_classes: int = 0) -> VisionTransformer:
     """E_v (num_classes=0) or the fine-tuning classifier: a timm ViT with fixed sin-cos positions.
 
-    Pooling is the mean of the patch tokens after the final LayerNorm (global_pool="avg",
-    fc_norm=False), so the classifier holds exactly E_v's parameters plus a linear head.
+    Pooling is ``cfg.global_pool`` of the patch tokens after the final LayerNorm (fc_norm=False),
+    so the classifier holds exactly E_v's parameters plus a linear head.
     """
+    check_choice("global_pool", cfg.global_pool, GLOBAL_POOLS)
     vit = VisionTransformer(
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=num_classes,
-        global_pool="avg", fc_norm=False, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+        global_pool=cfg.global_pool, fc_norm=False, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_ratio, qkv_bias=True, class_token=True,
     )
     grid = cfg.img_size // cfg.patch_size
     vit.pos_embed.data.copy_(sincos_pos_embed(cfg.embed_dim, grid))
     vit.pos_embed.requires_grad_(False)
     return vit
+
+
+def pool_tokens(x: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, N, D) -> (B, D): timm's pooling of a token set ("avg" or "avgmax"), as E_v's classifier pools."""
+    return global_pool_nlc(x, how, num_prefix_tokens=0)
 
 
 class ConvEncoder(nn.Module):
@@ -284,12 +290,24 @@ class CMITM(nn.Module):
         return self.image_decoder(latent, ids_restore)
 
     def image_embedding(self, latent, ids_restore):
-        """z_v = h_v(AvgPool(D_r([q_um, q_m] + e_p))), or h_v(AvgPool(q_um)) without D_r."""
-        if self.cfg.use_rep_decoder:
-            pooled = self.rep_decoder(latent, ids_restore).mean(dim=1)
-        else:
-            pooled = latent[:, 1:].mean(dim=1)
+        """z_v = h_v(AvgPool(D_r([q_um, q_m] + e_p))), or h_v(AvgPool(q_um)) without D_r (pool: cfg.global_pool)."""
+        tokens = self.rep_decoder(latent, ids_restore) if self.cfg.use_rep_decoder else latent[:, 1:]
+        pooled = pool_tokens(tokens, self.cfg.global_pool)
         return self.image_proj(pooled)
+
+    def eval_image_embedding(self, imgs, mask_ratio: float, n_masks: int = 8, seed: int = 0):
+        """z_v of held-out images as stage 2 trained it: the mean of the unit-norm z_v over ``n_masks``
+        seeded masks at ``mask_ratio`` (one unmasked pass at 0). Unmasked images fed to a model trained on
+        masked ones put D_r and h_v's BatchNorm statistics out of range and give near-constant z_v."""
+        if mask_ratio == 0:
+            latent, _, ids_restore = self.encode_image(imgs, 0.0)
+            return nn.functional.normalize(self.image_embedding(latent, ids_restore).float(), dim=-1)
+        total = 0
+        for k in range(n_masks):
+            g = torch.Generator(imgs.device).manual_seed(seed + k)
+            latent, _, ids_restore = self.encode_image(imgs, mask_ratio, g)
+            total = total + nn.functional.normalize(self.image_embedding(latent, ids_restore).float(), dim=-1)
+        return nn.functional.normalize(total / n_masks, dim=-1)
 
     # -- text branch --------------------------------------------------------------------------
     def text_embedding(self, input_ids, attention_mask):
@@ -302,7 +320,7 @@ class CMITM(nn.Module):
 
         Returns (logits (M, V), labels (M,)) for the M masked tokens of the batch.
         """
-        image_global = self.image_to_text(latent[:, 1:].mean(dim=1))
+        image_global = self.image_to_text(pool_tokens(latent[:, 1:], self.cfg.global_pool))
         embeds = self.text_encoder.embeddings.word_embeddings(masked_ids) + image_global[:, None, :]
         hidden = self.text_encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         selected = mlm_labels != -100

@@ -275,18 +275,19 @@ def _set_peak_lr(opt, sched, lr: float) -> None:
 
 @torch.no_grad()
 def embed_pairs(model: CMITM, tokenizer, data: PairData, preset: Preset, device: str = "auto",
-                batch_size: int = 128, mask_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_img, z_txt) for every pair, unmasked images by default, model in eval mode."""
+                batch_size: int = 128, mask_ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_img, z_txt) for every pair, model in eval mode. Images are embedded as stage 2 sees them
+    (`CMITM.eval_image_embedding` at ``mask_ratio``, default the preset's stage-2 ratio; 0 = unmasked)."""
     dev = resolve_device(device)
+    ratio = preset.stage2.mask_ratio if mask_ratio is None else mask_ratio
     loader = DataLoader(PairDataset(data, preset.data, preset.model, train=False), batch_size=batch_size,
                         collate_fn=PairCollate(tokenizer, preset.model.max_len, 0.5))
     model.to(dev).eval()
     zi, zt = [], []
-    for batch in loader:
+    for i, batch in enumerate(loader):
         batch = _to(batch, dev)
         with autocast(dev):
-            latent, _, ids_restore = model.encode_image(batch["image"], mask_ratio)
-            zi.append(model.image_embedding(latent, ids_restore).float().cpu())
+            zi.append(model.eval_image_embedding(batch["image"], ratio, seed=1000 * i).float().cpu())
             zt.append(model.text_embedding(batch["input_ids"], batch["attention_mask"]).float().cpu())
     return torch.cat(zi), torch.cat(zt)
 
