@@ -188,17 +188,20 @@ def embed_images(model, images, preset, device: str = "auto", batch_size: int = 
     """z_v = h_v(AvgPool(D_r(E_v(image)))) for unmasked images (uint8 (N, H, W) or file paths)."""
     from torch.utils.data import DataLoader
 
-    from .data.datasets import LabelData, LabelDataset
-    from .train import autocast, resolve_device
+    from .data.datasets import LabelData, LabelDataset, collate_labels
+    from .train import autocast, resolve_device, warn_unreadable
 
     dev = resolve_device(device)
     model.to(dev).eval()
     dummy = LabelData(images, np.zeros((len(images), 1), dtype=np.float32))
-    out = []
-    for x, _ in DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size):
+    out, unreadable = [], []
+    for x, _, bad in DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size,
+                                collate_fn=collate_labels):
+        unreadable += bad
         with autocast(dev):
             latent, _, ids_restore = model.encode_image(x.to(dev), 0.0)
             out.append(model.image_embedding(latent, ids_restore).float().cpu())
+    warn_unreadable(unreadable, "each embedded as another image of the set")
     return torch.cat(out)
 
 

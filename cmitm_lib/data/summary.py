@@ -1,18 +1,21 @@
 """`cmitm data summary`: what a dataset folder holds, read from its label files alone.
 
-    cmitm data summary --dataset nih --root /data/nih [--json]
+    cmitm data summary --dataset nih --root /data/nih [--json] [--check-images]
 
 Images are not required: the readers run with ``check_images=False`` and the images missing on
-disk are reported as a count (``missing_images``).
+disk are reported as a count (``missing_images``). ``--check-images`` also opens every image that is
+on disk and reports those that cannot be read (``unreadable_images``, with their paths).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import warnings
 
+from cmitm_lib.data.images import ImageReadError, load_image
 from cmitm_lib.data.real import DATASET_INFO, DATASET_NAMES, LABEL_DATASETS, DatasetLayoutError, get_reader
 from cmitm_lib.paths import resolve
 
@@ -23,13 +26,34 @@ def _count(records, classes) -> dict:
             "positives": dict(zip(classes, map(int, positives)))}
 
 
-def summarize(dataset: str, root, **options) -> dict:
+def unreadable_images(paths) -> list[str]:
+    """The images among `paths` that are on disk but cannot be decoded (each one opened)."""
+    bad = []
+    for path in sorted(set(paths)):
+        if os.path.isfile(path):
+            try:
+                load_image(path)
+            except ImageReadError:
+                bad.append(path)
+    return bad
+
+
+def summarize(dataset: str, root, check_images: bool = False, **options) -> dict:
     """Counts of a dataset folder: per split images / patients / positives per class for fine-tuning
-    sets; pairs / patients / studies / report length for pre-training sets. `options` go to the reader."""
+    sets; pairs / patients / studies / report length for pre-training sets. `options` go to the reader.
+    ``check_images``: open every image on disk and list the unreadable ones (``unreadable_images``)."""
     reader = get_reader(dataset)
     with warnings.catch_warnings():  # the missing images are reported below as a count
         warnings.simplefilter("ignore", UserWarning)
         result = reader(root, check_images=False, **options)
+    summary = _summary(dataset, root, result)
+    if check_images:
+        records = result[0] if dataset not in LABEL_DATASETS else result.train + result.val + result.test
+        summary["unreadable_images"] = unreadable_images(r.image for r in records)
+    return summary
+
+
+def _summary(dataset: str, root, result) -> dict:
     if dataset in LABEL_DATASETS:
         splits = {"train": result.train, "val": result.val, "test": result.test}
         return {
@@ -71,6 +95,14 @@ def format_summary(summary: dict) -> str:
         lines.append(f"pairs: {summary['pairs']}, patients: {summary['patients']}, studies: {summary['studies']}")
         lines.append(f"report words: mean {words['mean']}, median {words['median']}, max {words['max']}")
     lines.append(f"images missing on disk: {summary['missing_images']}")
+    if "unreadable_images" in summary:
+        bad = summary["unreadable_images"]
+        lines.append(f"images unreadable: {len(bad)}" + (" (training skips them; fix or remove them)" if bad else ""))
+        lines += [f"  {path}" for path in bad[:20]]
+        if len(bad) > 20:
+            lines.append(f"  ... and {len(bad) - 20} more (--json lists all)")
+    else:
+        lines.append("images unreadable: not checked (--check-images opens every image)")
     for reason, n in summary["skipped"].items():
         if reason != "image missing (kept)":  # already shown as images missing on disk
             lines.append(f"skipped: {reason}: {n}")
@@ -84,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="folder holding the official files")
     parser.add_argument("--reports-root", help="mimic only: folder of the extracted mimic-cxr-reports.zip")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--check-images", action="store_true",
+                        help="open every image on disk and report the unreadable ones (slow on a large dataset)")
     args = parser.parse_args(argv)
     options = {"reports_root": args.reports_root} if args.reports_root else {}
     try:
-        summary = summarize(args.dataset, resolve(args.root), **options)
+        summary = summarize(args.dataset, resolve(args.root), check_images=args.check_images, **options)
     except DatasetLayoutError as err:
         print(err, file=sys.stderr)
         return 2
