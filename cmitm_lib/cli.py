@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "--data-root)")
     p.add_argument("--split-files", default="", help="real data: official / MRM split lists replacing the "
                    "seeded split (see data/README.md)")
+    p.add_argument("--uncertain", default="", help="chexpert / csv labels: U-policy for uncertain (-1) labels: "
+                   "zeros, ones, or mgca (CheXpert's five classes); default: the reader's (chexpert mgca, csv zeros)")
 
 
 def _unreadable_flag(p: argparse.ArgumentParser) -> None:
@@ -63,8 +65,9 @@ def _same_encoder(args: argparse.Namespace, saved: str, path) -> str:
 
 def _reader_options(args: argparse.Namespace) -> dict:
     """--cache-dir / --reports-root / --split-files that were given, as paths for the dataset reader."""
-    return {k: str(resolve(v)) for k, v in (("cache_dir", args.cache_dir), ("reports_root", args.reports_root),
-                                            ("split_files", args.split_files)) if v}
+    options = {k: str(resolve(v)) for k, v in (("cache_dir", args.cache_dir), ("reports_root", args.reports_root),
+                                               ("split_files", args.split_files)) if v}
+    return {**options, "uncertain": args.uncertain} if args.uncertain else options
 
 
 def demo(args: argparse.Namespace) -> dict:
@@ -225,7 +228,7 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
     train_pairs, pairs = (load_pretrain(args.dataset, args.data_root, preset, args.seed, **options)
                           if args.dataset in PRETRAIN_DATASETS else (None, None))
     labelled = (load_finetune(args.dataset, args.data_root, preset, args.seed, **options)
-                if args.dataset in FINETUNE_DATASETS else None)
+                if args.dataset in FINETUNE_DATASETS and args.dataset in PROMPTS else None)  # csv: no prompts
     if tokenizer is None:
         if train_pairs is None:
             raise ValueError(f"--random-init without --checkpoint needs report text for a vocabulary; dataset "

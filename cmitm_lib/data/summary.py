@@ -15,8 +15,10 @@ import statistics
 import sys
 import warnings
 
+from cmitm_lib.data.csvdata import csv_kinds, image_rows
 from cmitm_lib.data.images import ImageReadError, load_image
-from cmitm_lib.data.real import DATASET_INFO, DATASET_NAMES, LABEL_DATASETS, DatasetLayoutError, get_reader
+from cmitm_lib.data.real import DATASET_INFO, DATASET_NAMES, DatasetLayoutError, get_reader
+from cmitm_lib.data.records import LabeledSplits
 from cmitm_lib.paths import resolve
 
 
@@ -38,23 +40,29 @@ def unreadable_images(paths) -> list[str]:
     return bad
 
 
-def summarize(dataset: str, root, check_images: bool = False, **options) -> dict:
+def summarize(dataset: str, root, check_images: bool = False, kind: str | None = None, **options) -> dict:
     """Counts of a dataset folder: per split images / patients / positives per class for fine-tuning
     sets; pairs / patients / studies / report length for pre-training sets. `options` go to the reader.
-    ``check_images``: open every image on disk and list the unreadable ones (``unreadable_images``)."""
-    reader = get_reader(dataset)
+    ``check_images``: open every image on disk and list the unreadable ones (``unreadable_images``).
+    ``kind``: "pairs" or "labels", which file of a csv dataset (default: labels.csv when present)."""
+    reader = get_reader(dataset, kind)
     with warnings.catch_warnings():  # the missing images are reported below as a count
         warnings.simplefilter("ignore", UserWarning)
         result = reader(root, check_images=False, **options)
     summary = _summary(dataset, root, result)
+    if dataset == "csv":
+        summary["file"] = "labels.csv" if isinstance(result, LabeledSplits) else "pairs.csv"
     if check_images:
-        records = result[0] if dataset not in LABEL_DATASETS else result.train + result.val + result.test
+        records = result.train + result.val + result.test if isinstance(result, LabeledSplits) else result[0]
         summary["unreadable_images"] = unreadable_images(r.image for r in records)
+        if dataset == "csv":  # name the rows too
+            rows = image_rows(root, "labels" if isinstance(result, LabeledSplits) else "pairs")
+            summary["unreadable_rows"] = [rows.get(path) for path in summary["unreadable_images"]]
     return summary
 
 
 def _summary(dataset: str, root, result) -> dict:
-    if dataset in LABEL_DATASETS:
+    if isinstance(result, LabeledSplits):
         splits = {"train": result.train, "val": result.val, "test": result.test}
         return {
             "dataset": dataset, "title": DATASET_INFO[dataset]["title"], "kind": "labels", "root": str(root),
@@ -79,7 +87,8 @@ def _summary(dataset: str, root, result) -> dict:
 
 def format_summary(summary: dict) -> str:
     """A short human-readable table of a `summarize` result."""
-    lines = [f"{summary['title']} ({summary['dataset']}) at {summary['root']}"]
+    lines = [f"{summary['title']} ({summary['dataset']}{', ' + summary['file'] if 'file' in summary else ''}) "
+             f"at {summary['root']}"]
     if summary["kind"] == "labels":
         lines.append(f"task: {summary['task']}, metric: {summary['metric']}, {len(summary['classes'])} classes")
         names = ["train", "val", "test", "total"]
@@ -98,7 +107,8 @@ def format_summary(summary: dict) -> str:
     if "unreadable_images" in summary:
         bad = summary["unreadable_images"]
         lines.append(f"images unreadable: {len(bad)}" + (" (training skips them; fix or remove them)" if bad else ""))
-        lines += [f"  {path}" for path in bad[:20]]
+        rows = summary.get("unreadable_rows") or [None] * len(bad)
+        lines += [f"  {f'row {n}: ' if n else ''}{path}" for path, n in zip(bad[:20], rows)]
         if len(bad) > 20:
             lines.append(f"  ... and {len(bad) - 20} more (--json lists all)")
     else:
@@ -120,12 +130,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="open every image on disk and report the unreadable ones (slow on a large dataset)")
     args = parser.parse_args(argv)
     options = {"reports_root": args.reports_root} if args.reports_root else {}
+    root = resolve(args.root)
+    kinds = (csv_kinds(root) or [None]) if args.dataset == "csv" else [None]  # csv: each file it holds
     try:
-        summary = summarize(args.dataset, resolve(args.root), check_images=args.check_images, **options)
-    except DatasetLayoutError as err:
-        print(err, file=sys.stderr)
+        summaries = {kind: summarize(args.dataset, root, check_images=args.check_images, kind=kind, **options)
+                     for kind in kinds}
+    except (DatasetLayoutError, ValueError) as err:
+        print(f"cmitm data summary: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if args.json:
+        print(json.dumps(summaries if args.dataset == "csv" else summaries[None], indent=2))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries.values()))
     return 0
 
 
