@@ -380,7 +380,14 @@ def main(argv: list[str] | None = None) -> None:
     pd.add_argument("data_command", nargs="?", choices=("summary", "cache"))
     sub.add_parser("bench", add_help=False,
                    help="time a training step on synthetic inputs: `cmitm bench --help`")
+    sub.add_parser("export", add_help=False,
+                   help="E_v for timm and E_t + tokenizer for transformers: `cmitm export --checkpoint DIR --out OUT`")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "export":  # parses its own flags
+        from . import export
+
+        export.main(rest)
+        return
     if args.command == "bench":  # the benchmark parses its own flags
         from . import bench
 
