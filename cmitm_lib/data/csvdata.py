@@ -121,7 +121,7 @@ def read_csv_pairs(root, *, seed=0, check_images=True, cache_dir=None) -> tuple[
         if not text:
             empty.append(n)
             continue
-        items.append((n, ImageTextPair(image, text, row.get("patient_id") or f"row{n}", split=split or "")))
+        items.append((n, ImageTextPair(image, text, row.get("patient_id") or f"row{n}", f"row{n}", split or "")))
     if empty:
         skipped["empty report"] = len(empty)
         _warn_rows(path, "empty report", empty)
