@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader
 from cmitm_lib import experiment as ex
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import _synth_batch, load_finetune, load_pretrain
-from cmitm_lib.data.datasets import LabelDataset
+from cmitm_lib.data.datasets import LabelDataset, collate_labels
 from cmitm_lib.data.fractions import fraction_indices
 from cmitm_lib.evaluate import score
 from cmitm_lib.losses import info_nce
@@ -123,8 +123,9 @@ def cnn(preset, epochs: int, lr: float) -> None:
     d, cfg = load_finetune("synth", "", preset, 0), preset.finetune
     seed_everything(0)
     train = DataLoader(LabelDataset(d.train, preset.data, preset.model, cfg.crop_scale, train=True),
-                       batch_size=cfg.batch_size, shuffle=True)
-    val = DataLoader(LabelDataset(d.val, preset.data, preset.model, train=False), batch_size=256)
+                       batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_labels)
+    val = DataLoader(LabelDataset(d.val, preset.data, preset.model, train=False), batch_size=256,
+                     collate_fn=collate_labels)
     net = SmallCNN(len(d.classes))
     opt = build_optimizer(net, cfg.optimizer, lr, cfg.weight_decay)
     sched = warmup_cosine(opt, epochs * len(train), int(cfg.warmup * epochs * len(train)))
@@ -134,7 +135,7 @@ def cnn(preset, epochs: int, lr: float) -> None:
     for epoch in range(epochs):
         net.train()
         losses = []
-        for x, y in train:
+        for x, y, _ in train:
             loss = F.binary_cross_entropy_with_logits(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

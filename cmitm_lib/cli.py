@@ -33,6 +33,18 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "--data-root)")
     p.add_argument("--split-files", default="", help="real data: official / MRM split lists replacing the "
                    "seeded split (see data/README.md)")
+    p.add_argument("--uncertain", default="", help="chexpert / csv labels: U-policy for uncertain (-1) labels: "
+                   "zeros, ones, or mgca (CheXpert's five classes); default: the reader's (chexpert mgca, csv zeros)")
+
+
+def _unreadable_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stop-on-unreadable", action="store_true",
+                   help="stop at the first image file that cannot be read (default: skip it, another sample takes "
+                        "its place; the skipped files are listed at the end of each epoch and in the metrics)")
+
+
+def _on_unreadable(args: argparse.Namespace) -> str:
+    return "stop" if args.stop_on_unreadable else "skip"
 
 
 def _preset(args: argparse.Namespace):
@@ -53,8 +65,9 @@ def _same_encoder(args: argparse.Namespace, saved: str, path) -> str:
 
 def _reader_options(args: argparse.Namespace) -> dict:
     """--cache-dir / --reports-root / --split-files that were given, as paths for the dataset reader."""
-    return {k: str(resolve(v)) for k, v in (("cache_dir", args.cache_dir), ("reports_root", args.reports_root),
-                                            ("split_files", args.split_files)) if v}
+    options = {k: str(resolve(v)) for k, v in (("cache_dir", args.cache_dir), ("reports_root", args.reports_root),
+                                               ("split_files", args.split_files)) if v}
+    return {**options, "uncertain": args.uncertain} if args.uncertain else options
 
 
 def demo(args: argparse.Namespace) -> dict:
@@ -78,7 +91,7 @@ def demo(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         epochs = args.stage1_epochs if stage == "stage1" else args.stage2_epochs
         history[stage] = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=epochs, device=args.device,
-                                  seed=args.seed, num_workers=args.num_workers)
+                                  seed=args.seed, num_workers=args.num_workers, on_unreadable=_on_unreadable(args))
         history[f"{stage}_retrieval"] = retrieval(model, tokenizer, heldout, preset, args.device)
         save_checkpoint(out / stage, model, preset, tokenizer, {"stage": stage, "history": history[stage]})
         timings[stage] = time.perf_counter() - t
@@ -89,7 +102,7 @@ def demo(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     for init, state in (("random", None), ("stage 1 only (MRM-like)", stage1_encoder), ("CMITM", encoder_state(model))):
         r = finetune(ft_data, preset, state, args.fraction, epochs=args.finetune_epochs, device=args.device, seed=args.seed,
-                     num_workers=args.num_workers)
+                     num_workers=args.num_workers, on_unreadable=_on_unreadable(args))
         r["init"] = init
         rows.append(r)
     timings["finetune"] = time.perf_counter() - t
@@ -138,11 +151,13 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     history = pretrain(model, tokenizer, train_pairs, preset, stage, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, mask_ratio=args.mask_ratio, device=args.device, seed=args.seed,
                        num_workers=args.num_workers, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume, accum_steps=args.accum_steps)
+                       checkpoint_every=args.checkpoint_every, resume=args.resume, accum_steps=args.accum_steps,
+                       on_unreadable=_on_unreadable(args))
     if not distributed.is_main():  # under torchrun rank 0 evaluates and saves
         distributed.cleanup()
         return
     meta = {"stage": stage, "dataset": args.dataset, "history": history,
+            "unreadable_images": sorted({p for h in history for p in h.get("unreadable_images", [])}),
             "heldout_retrieval": retrieval(model, tokenizer, heldout, preset, args.device)}
     path = save_checkpoint(args.checkpoint_out, model, preset, tokenizer, meta)
     print(f"{stage}: final loss {history[-1]['loss']:.4f}, held-out i2t R@1 "
@@ -169,7 +184,8 @@ def finetune_cmd(args: argparse.Namespace) -> None:
         encoder = imagenet_encoder_state(preset.model, resolve(args.imagenet_weights))
     data = load_finetune(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     device=args.device, seed=args.seed, num_workers=args.num_workers) for f in args.fractions]
+                     device=args.device, seed=args.seed, num_workers=args.num_workers,
+                     on_unreadable=_on_unreadable(args)) for f in args.fractions]
     init = f"imagenet:{Path(args.imagenet_weights).name}" if args.imagenet_weights else "random"
     for r in rows:
         r["init"] = args.checkpoint_in or init
@@ -177,6 +193,10 @@ def finetune_cmd(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "finetune_metrics.json").write_text(json.dumps(rows, indent=2))
     print(format_table(rows))
+    bad = sorted({p for r in rows for p in r["unreadable_images"]})
+    if bad:
+        print(f"unreadable images skipped: {len(bad)} (listed under unreadable_images in "
+              f"{out / 'finetune_metrics.json'}): {', '.join(bad)}")
 
 
 def evaluate_cmd(args: argparse.Namespace) -> dict:
@@ -208,7 +228,7 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
     train_pairs, pairs = (load_pretrain(args.dataset, args.data_root, preset, args.seed, **options)
                           if args.dataset in PRETRAIN_DATASETS else (None, None))
     labelled = (load_finetune(args.dataset, args.data_root, preset, args.seed, **options)
-                if args.dataset in FINETUNE_DATASETS else None)
+                if args.dataset in FINETUNE_DATASETS and args.dataset in PROMPTS else None)  # csv: no prompts
     if tokenizer is None:
         if train_pairs is None:
             raise ValueError(f"--random-init without --checkpoint needs report text for a vocabulary; dataset "
@@ -286,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stage2-epochs", type=int, default=None, help="default: the preset's")
     p.add_argument("--finetune-epochs", type=int, default=None, help="default: the preset's")
     p.add_argument("--out-dir", default="runs/demo", help="relative paths are taken from the repo root")
+    _unreadable_flag(p)
     p.set_defaults(func=demo)
     p = sub.add_parser("pretrain", help="one pre-training stage (runs under torchrun too)")
     _common(p)
@@ -304,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                    "(mid-epoch included; same flags, --lr may change)")
     p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation over k micro-batches of "
                    "batch-size / k; each micro-batch's contrastive loss sees only its own pairs as negatives")
+    _unreadable_flag(p)
     p.set_defaults(func=pretrain_cmd)
     p = sub.add_parser("finetune", help="fine-tune E_v + linear head at label fractions")
     _common(p)
@@ -317,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="E_v from a local timm ViT checkpoint (.safetensors), e.g. ImageNet ViT-B/16 for the "
                         "paper preset")
     p.add_argument("--out-dir", default="runs/finetune")
+    _unreadable_flag(p)
     p.set_defaults(func=finetune_cmd)
     p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
     p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "claim", "ratios", "reference", "all"),
@@ -357,7 +380,14 @@ def main(argv: list[str] | None = None) -> None:
     pd.add_argument("data_command", nargs="?", choices=("summary", "cache"))
     sub.add_parser("bench", add_help=False,
                    help="time a training step on synthetic inputs: `cmitm bench --help`")
+    sub.add_parser("export", add_help=False,
+                   help="E_v for timm and E_t + tokenizer for transformers: `cmitm export --checkpoint DIR --out OUT`")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "export":  # parses its own flags
+        from . import export
+
+        export.main(rest)
+        return
     if args.command == "bench":  # the benchmark parses its own flags
         from . import bench
 
@@ -381,7 +411,16 @@ def entry() -> None:
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         if os.environ.get("CMITM_DEBUG"):
             raise
-        sys.exit(f"cmitm: error: {err}")
+        sys.exit(f"cmitm: error: {_one_line(err)}")
+
+
+def _one_line(err: Exception) -> str:
+    """The message of an error; one raised in a DataLoader worker carries the worker's traceback, of
+    which the last line is the message."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ How the global batch is split, and what the contrastive loss sees
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -125,6 +126,21 @@ def all_gather_floats(values: list[float]) -> list[list[float]]:
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t)
     return [o.tolist() for o in out]
+
+
+def all_gather_objects(value) -> list:
+    """Every rank's JSON-able ``value`` (e.g. a list of file names), indexed by rank; sent as JSON bytes
+    (nothing is pickled)."""
+    if not _active() or dist.get_world_size() == 1:
+        return [value]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    data = torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8, device=device)
+    sizes = [int(n[0]) for n in all_gather_floats([len(data)])]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[:len(data)] = data
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return [json.loads(bytes(o[:n].tolist()).decode()) for o, n in zip(out, sizes)]
 
 
 def per_rank_batch(global_batch: int, world_size: int | None = None) -> int:

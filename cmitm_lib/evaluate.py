@@ -190,18 +190,21 @@ def embed_images(model, images, preset, device: str = "auto", batch_size: int = 
     at ``mask_ratio`` (default the preset's stage-2 ratio; 0 = unmasked)."""
     from torch.utils.data import DataLoader
 
-    from .data.datasets import LabelData, LabelDataset
-    from .train import autocast, resolve_device
+    from .data.datasets import LabelData, LabelDataset, collate_labels
+    from .train import autocast, resolve_device, warn_unreadable
 
     dev = resolve_device(device)
     ratio = preset.stage2.mask_ratio if mask_ratio is None else mask_ratio
     model.to(dev).eval()
     dummy = LabelData(images, np.zeros((len(images), 1), dtype=np.float32))
-    out = []
-    loader = DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size)
-    for i, (x, _) in enumerate(loader):
+    out, unreadable = [], []
+    loader = DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size,
+                        collate_fn=collate_labels)
+    for i, (x, _, bad) in enumerate(loader):
+        unreadable += bad
         with autocast(dev):
             out.append(model.eval_image_embedding(x.to(dev), ratio, seed=1000 * i).float().cpu())
+    warn_unreadable(unreadable, "each embedded as another image of the set")
     return torch.cat(out)
 
 

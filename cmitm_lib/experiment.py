@@ -261,19 +261,21 @@ def network_features(net, images, preset: Preset, device: str = "auto", batch_si
     ``pool(net, tokens)`` replaces that head when given (``tokens``: ``forward_features``' output)."""
     from torch.utils.data import DataLoader
 
-    from .data.datasets import LabelData, LabelDataset
-    from .train import autocast, resolve_device
+    from .data.datasets import LabelData, LabelDataset, collate_labels
+    from .train import autocast, resolve_device, warn_unreadable
 
     dev = resolve_device(device)
     net = net.to(dev).eval()
     dummy = np.zeros((len(images), 1), dtype=np.float32)
     loader = DataLoader(LabelDataset(LabelData(images, dummy), preset.data, preset.model, train=False),
-                        batch_size=batch_size)
-    feats = []
-    for x, _ in loader:
+                        batch_size=batch_size, collate_fn=collate_labels)
+    feats, unreadable = [], []
+    for x, _, bad in loader:
+        unreadable += bad
         with autocast(dev):
             tokens = net.forward_features(x.to(dev))
             feats.append((net.forward_head(tokens, pre_logits=True) if pool is None else pool(net, tokens)).float().cpu())
+    warn_unreadable(unreadable, "each featurised as another image of the set")
     return torch.cat(feats).numpy()
 
 

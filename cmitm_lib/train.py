@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from . import resume as resume_lib
 from .config import Preset, check_choice, check_positive, check_positive_int, check_ratio
-from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset
+from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset, collate_labels
 from .data.fractions import fraction_indices
 from .evaluate import recall_at_k, score, similarity
 from .models import CMITM, build_classifier, copy_decoder_embedding, set_trainable
@@ -101,7 +101,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
              batch_size: int | None = None, lr: float | None = None, mask_ratio: float | None = None,
              device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
-             resume: bool | str | Path = False, accum_steps: int = 1) -> list[dict]:
+             resume: bool | str | Path = False, accum_steps: int = 1, on_unreadable: str = "skip") -> list[dict]:
     """Train ``model`` in place with the objective of ``stage``; returns one dict of means per epoch.
 
     stage1: L_r = L_vr + L_tr (E_v, D_v, E_t, D_t train); stage2: L_c (E_v, E_t, D_r, h_v, h_t train;
@@ -124,6 +124,10 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     mid-epoch included, to the weights an uninterrupted run reaches. Only ``lr`` may differ on
     resume (e.g. lower after a non-finite loss). A non-finite loss raises FloatingPointError naming
     the last good checkpoint, which is never overwritten by a non-finite state.
+
+    An image file that cannot be read is skipped (``on_unreadable="skip"``): another pair takes its place
+    in the batch, and the epoch's unreadable files are printed at its end and listed in its history entry
+    (``"unreadable_images"``). ``on_unreadable="stop"`` raises `UnreadableImageError` naming the first one.
     """
     check_choice("stage", stage, STAGES)
     cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)  # mae, joint: stage 1's
@@ -158,7 +162,8 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     # data order from (seed, epoch); crops, word masks, image masks and dropout seeded per micro-batch
     per_epoch = len(data) // cfg.batch_size  # optimizer steps per epoch
     sampler = resume_lib.EpochBatches(len(data), cfg.batch_size // k, seed, rank, world, batches=per_epoch * k)
-    dataset = resume_lib.SeededBatches(PairDataset(data, preset.data, preset.model),
+    dataset = resume_lib.SeededBatches(PairDataset(data, preset.data, preset.model, on_unreadable=on_unreadable,
+                                                   seed=seed),
                                        PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio))
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=resume_lib.as_is, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", persistent_workers=num_workers > 0)
@@ -170,7 +175,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     sched = warmup_cosine(opt, total, int(cfg.warmup * total))
     run = json.loads(json.dumps({"stage": stage, "seed": seed, "world_size": world, "pairs": len(data),
                                  "accum_steps": k, "config": dataclasses.asdict(cfg)}))
-    history, epoch0, batch0, sums0, seconds0, last_good = [], 0, 0, {}, 0.0, None
+    history, epoch0, batch0, sums0, seconds0, last_good, bad0 = [], 0, 0, {}, 0.0, None, []
     if resume:
         last_good = resume_lib.find(checkpoint_dir if resume is True else resume)
         state = resume_lib.load(last_good, model, opt, sched)
@@ -179,11 +184,12 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
             _set_peak_lr(opt, sched, cfg.lr)
         history, (epoch0, batch0) = state["history"], state["position"]
         sums0, seconds0 = state["sums"][rank], state["seconds"]
+        bad0 = state.get("unreadable", [[]] * world)[rank]
     elif checkpoint_dir is not None and resume_lib.checkpoint_path(checkpoint_dir).exists():
         warnings.warn(f"{resume_lib.checkpoint_path(checkpoint_dir)} exists and will be overwritten by this new "
                       f"run; pass resume=True (--resume) to continue it instead", stacklevel=2)
 
-    def write(epoch: int, done: int, sums: dict, seconds: float, step: int) -> Path:
+    def write(epoch: int, done: int, sums: dict, seconds: float, step: int, bad: list[str]) -> Path:
         """Checkpoint after ``done`` batches of ``epoch`` (``step`` in all); only finite weights."""
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise FloatingPointError(_nonfinite(stage, "the weights", epoch + 1, done, per_epoch, step, total,
@@ -191,10 +197,12 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
         position = [epoch, done] if done < per_epoch else [epoch + 1, 0]
         keys = list(sums)  # every rank's running sums of the epoch, so that its means stay exact
         sums = [dict(zip(keys, row)) for row in distributed.all_gather_floats([sums[key] for key in keys])]
+        bad = distributed.all_gather_objects(bad)  # every rank's unreadable images of the epoch so far
         path = resume_lib.checkpoint_path(checkpoint_dir)
         if distributed.is_main():
             resume_lib.save(path, model, opt, sched, {"run": run, "position": position, "step": step,
-                                                      "sums": sums, "seconds": seconds, "history": history})
+                                                      "sums": sums, "seconds": seconds, "history": history,
+                                                      "unreadable": bad})
         return path
 
     step = epoch0 * per_epoch + batch0
@@ -202,6 +210,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     for epoch in range(epoch0, cfg.epochs):
         b = batch0 if epoch == epoch0 else 0
         sums, seconds = (dict(sums0), seconds0) if epoch == epoch0 else ({}, 0.0)
+        bad = list(bad0) if epoch == epoch0 else []  # unreadable images met in this epoch
         sampler.set_epoch(epoch, start=b * k)
         t0 = time.perf_counter()
         for i, batch in enumerate(loader, start=b * k):  # i: micro-batch of the epoch, b * k + i % k
@@ -209,6 +218,7 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
             last = i % k == k - 1  # the step's last micro-batch: DDP averages the gradients, AdamW steps
             if i % k == 0:
                 opt.zero_grad(set_to_none=True)
+            bad += batch.pop("unreadable", [])
             batch = _to(batch, dev)
             with contextlib.nullcontext() if last or world == 1 else net.no_sync():
                 with autocast(dev):
@@ -229,18 +239,27 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss'].item():.3f}")
             if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0 and b < per_epoch:
-                last_good = write(epoch, b, sums, seconds + time.perf_counter() - t0, step)
+                last_good = write(epoch, b, sums, seconds + time.perf_counter() - t0, step, bad)
         seconds += time.perf_counter() - t0
+        bad = sorted({path for paths in distributed.all_gather_objects(bad) for path in paths})
         history.append({"epoch": epoch + 1,
                         **{key: distributed.all_reduce_mean(v / (per_epoch * k)) for key, v in sums.items()},
                         "lr": sched.get_last_lr()[0], "seconds": seconds,
-                        "samples_per_s": per_epoch * cfg.batch_size / seconds})
+                        "samples_per_s": per_epoch * cfg.batch_size / seconds, "unreadable_images": bad})
+        report_unreadable(f"{stage} epoch {epoch + 1}", bad)
         if checkpoint_dir is not None:
-            last_good = write(epoch, per_epoch, {}, 0.0, step)
+            last_good = write(epoch, per_epoch, {}, 0.0, step, [])
     bar.close()
     if stage == "stage1":
         copy_decoder_embedding(model)
     return history
+
+
+def report_unreadable(where: str, paths: list[str]) -> None:
+    """Print the unreadable images an epoch skipped (nothing when there were none)."""
+    if paths and distributed.is_main():
+        tqdm.write(f"{where}: skipped {len(paths)} unreadable image(s), another sample took each one's place "
+                   f"(on_unreadable='stop' / --stop-on-unreadable stops at the first): " + ", ".join(paths))
 
 
 def _nonfinite(stage, what, epoch, batch, per_epoch, step, total, lr, last_good) -> str:
@@ -283,13 +302,21 @@ def embed_pairs(model: CMITM, tokenizer, data: PairData, preset: Preset, device:
     loader = DataLoader(PairDataset(data, preset.data, preset.model, train=False), batch_size=batch_size,
                         collate_fn=PairCollate(tokenizer, preset.model.max_len, 0.5))
     model.to(dev).eval()
-    zi, zt = [], []
+    zi, zt, bad = [], [], []
     for i, batch in enumerate(loader):
+        bad += batch.pop("unreadable")
         batch = _to(batch, dev)
         with autocast(dev):
             zi.append(model.eval_image_embedding(batch["image"], ratio, seed=1000 * i).float().cpu())
             zt.append(model.text_embedding(batch["input_ids"], batch["attention_mask"]).float().cpu())
+    warn_unreadable(bad, "their pairs were replaced by others")
     return torch.cat(zi), torch.cat(zt)
+
+
+def warn_unreadable(paths: list[str], effect: str) -> None:
+    """A warning naming the unreadable images an evaluation met (none: nothing)."""
+    if paths:
+        warnings.warn(f"{len(paths)} unreadable image(s), {effect}: {', '.join(sorted(set(paths)))}", stacklevel=3)
 
 
 def retrieval(model: CMITM, tokenizer, data: PairData, preset: Preset, device: str = "auto") -> dict:
@@ -299,10 +326,14 @@ def retrieval(model: CMITM, tokenizer, data: PairData, preset: Preset, device: s
 
 
 @torch.no_grad()
-def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str) -> tuple[np.ndarray, np.ndarray]:
+def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str,
+            unreadable: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) over a `LabelDataset` loader; unreadable images met are appended to ``unreadable``."""
     net.eval()
     labels, scores = [], []
-    for x, y in loader:
+    for x, y, bad in loader:
+        if unreadable is not None:
+            unreadable += bad
         with autocast(dev):
             logits = net(x.to(dev)).float()
         scores.append((torch.sigmoid(logits) if task == "multilabel" else logits.softmax(-1)).cpu())
@@ -313,12 +344,15 @@ def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str) ->
 def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = None, fraction: float = 0.01, *,
              epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
              device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True,
-             keep_model: bool = False) -> dict:
+             keep_model: bool = False, on_unreadable: str = "skip") -> dict:
     """Fine-tune E_v + linear head on a fraction of the training labels; every weight is trained.
 
     The model with the best validation metric is kept and scored once on the test split (and
     returned under "model", on the CPU, with ``keep_model``).
     BCE for multi-label (macro AUC), cross entropy for multi-class (accuracy).
+    An unreadable image is skipped (another sample takes its place), printed at the end of the epoch
+    and listed under "unreadable_images" (all splits) and in the epoch's history entry;
+    ``on_unreadable="stop"`` raises `UnreadableImageError` naming the first one instead.
     """
     cfg = copy.deepcopy(preset.finetune)
     epochs = cfg.epochs if epochs is None else epochs
@@ -330,25 +364,18 @@ def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = No
     dev = resolve_device(device)
     seed_everything(seed)
     idx = fraction_indices(len(data.train), fraction, seed, data.train.labels)
-    train_data = type(data.train)(_take(data.train.images, idx), data.train.labels[idx])
-    train_set = LabelDataset(train_data, preset.data, preset.model, cfg.crop_scale, train=True)
-    # An epoch draws at least 256 images so that 1% of labels still gets enough steps per epoch.
-    per_epoch = max(len(train_set), 256)
-    sampler = RandomSampler(train_set, replacement=len(train_set) < per_epoch, num_samples=per_epoch)
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False,
-                              num_workers=num_workers)
-    eval_loaders = {s: DataLoader(LabelDataset(getattr(data, s), preset.data, preset.model, train=False),
-                                  batch_size=256, num_workers=num_workers) for s in ("val", "test")}
+    train_loader, eval_loaders = _finetune_loaders(data, preset, idx, batch_size, num_workers, on_unreadable, seed)
     net = build_classifier(preset.model, len(data.classes), encoder_state).to(dev)
     opt = build_optimizer(net, cfg.optimizer, lr, cfg.weight_decay)
     total = epochs * len(train_loader)
     sched = warmup_cosine(opt, total, int(cfg.warmup * total))
     best = {"val": -1.0, "epoch": 0, "state": None}
-    history = []
+    history, unreadable = [], set()
     for epoch in tqdm(range(epochs), desc=f"finetune {fraction:g}", disable=not progress):
         net.train()
-        losses = []
-        for x, y in train_loader:
+        losses, bad = [], []
+        for x, y, skipped in train_loader:
+            bad += skipped
             x, y = x.to(dev), y.to(dev)
             with autocast(dev):
                 logits = net(x).float()
@@ -360,19 +387,42 @@ def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = No
             opt.step()
             sched.step()
             losses.append(loss.item())
-        val = score(data.metric, *predict(net, eval_loaders["val"], dev, data.task))
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"val_{data.metric}": val})
+        val = score(data.metric, *predict(net, eval_loaders["val"], dev, data.task, bad))
+        bad = sorted(set(bad))
+        report_unreadable(f"finetune {fraction:g} epoch {epoch + 1}", bad)
+        unreadable.update(bad)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"val_{data.metric}": val,
+                        "unreadable_images": bad})
         if val > best["val"]:
             best = {"val": val, "epoch": epoch + 1, "state": copy.deepcopy(net.state_dict())}
     net.load_state_dict(best["state"])
-    test = score(data.metric, *predict(net, eval_loaders["test"], dev, data.task))
+    bad = []
+    test = score(data.metric, *predict(net, eval_loaders["test"], dev, data.task, bad))
+    report_unreadable(f"finetune {fraction:g} test", sorted(set(bad)))
     result = {"dataset": data.name, "metric": data.metric, "fraction": fraction, "n_train": len(idx),
               "init": "pretrained" if encoder_state is not None else "random", "best_epoch": best["epoch"],
               f"val_{data.metric}": best["val"], f"test_{data.metric}": test, "lr": lr, "epochs": epochs,
-              "history": history}
+              "unreadable_images": sorted(unreadable | set(bad)), "history": history}
     if keep_model:
         result["model"] = net.cpu().eval()
     return result
+
+
+def _finetune_loaders(data: FinetuneData, preset: Preset, idx: np.ndarray, batch_size: int, num_workers: int,
+                      on_unreadable: str, seed: int) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The training loader over the label fraction ``idx`` and the val / test loaders."""
+    train_data = type(data.train)(_take(data.train.images, idx), data.train.labels[idx])
+    options = {"on_unreadable": on_unreadable, "seed": seed}
+    train_set = LabelDataset(train_data, preset.data, preset.model, preset.finetune.crop_scale, train=True, **options)
+    # An epoch draws at least 256 images so that 1% of labels still gets enough steps per epoch.
+    per_epoch = max(len(train_set), 256)
+    sampler = RandomSampler(train_set, replacement=len(train_set) < per_epoch, num_samples=per_epoch)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False,
+                              num_workers=num_workers, collate_fn=collate_labels)
+    eval_loaders = {s: DataLoader(LabelDataset(getattr(data, s), preset.data, preset.model, train=False, **options),
+                                  batch_size=256, num_workers=num_workers, collate_fn=collate_labels)
+                    for s in ("val", "test")}
+    return train_loader, eval_loaders
 
 
 def _take(images, idx: np.ndarray):

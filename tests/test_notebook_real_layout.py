@@ -1,4 +1,5 @@
 """A lesson runs on a real dataset's official layout by changing `dataset` and `data_root` only."""
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,17 @@ def test_stage1_notebook_takes_reader_options_for_mimic_reports_elsewhere(tmp_pa
         parameters={**params, "data_options": {"reports_root": str(reports)}}, kernel_name="python3",
         progress_bar=False)
     assert (tmp_path / "stage1" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_stage1_notebook_runs_on_a_csv_folder(tmp_path):
+    """Your own collection: `-p dataset csv -p data_root DIR` with a pairs.csv over png / jpg / dcm files."""
+    pm = pytest.importorskip("papermill")
+    data = make_fixture("csv", tmp_path / "own")
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "02_stage1.ipynb"), str(tmp_path / "02_csv.ipynb"), cwd=str(ROOT),
+        parameters={"dataset": "csv", "data_root": str(data), "epochs": 1, "batch_size": 4, "n_show": 2,
+                    "out_dir": str(tmp_path / "runs"), "checkpoint_out": str(tmp_path / "stage1")},
+        kernel_name="python3", progress_bar=False)
+    config = json.loads((tmp_path / "stage1" / "config.json").read_text())
+    assert config["meta"]["history"][0]["unreadable_images"] == []

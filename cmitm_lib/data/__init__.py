@@ -18,8 +18,8 @@ from ..paths import cache_dir, resolve
 from .datasets import FinetuneData, LabelData, PairData
 from .tasks import TASKS as SYNTH_TASKS  # the four embedded downstream tasks
 
-PRETRAIN_DATASETS = ("synth", "mimic", "openi")
-FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx")
+PRETRAIN_DATASETS = ("synth", "mimic", "openi", "csv")
+FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx", "csv")
 
 
 def _source_hash(*modules) -> str:
@@ -203,7 +203,7 @@ def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairDat
     from .real import PAIR_DATASETS
 
     pairs, skipped = _read(PAIR_DATASETS, name, root, seed, options)
-    split = [_heldout(p.patient_id) for p in pairs]
+    split = [p.split == "val" if p.split else _heldout(p.patient_id) for p in pairs]  # csv: its own split
     train = [p for p, h in zip(pairs, split) if not h]
     held = [p for p, h in zip(pairs, split) if h]
     _check_read(name, root, "training pairs", len(train), skipped)

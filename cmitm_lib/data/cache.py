@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cmitm_lib.data.images import (
     ImageReadError, load_image, mirror_path, read_manifest, resize_shorter_side, save_png, write_manifest,
 )
-from cmitm_lib.data.real import DATASET_NAMES, PAIR_DATASETS, DatasetLayoutError, get_reader
+from cmitm_lib.data.real import DATASET_NAMES, DatasetLayoutError, get_reader
 from cmitm_lib.paths import resolve
 
 
@@ -48,23 +48,37 @@ def _cache_one(task: tuple[str, str, int]) -> tuple[str, str, str]:
     return "written", source, ""
 
 
+def _records(dataset: str, root, reader_options: dict) -> list:
+    """Every record of a dataset (all splits; a csv dataset's pairs.csv and labels.csv both)."""
+    from cmitm_lib.data.csvdata import csv_kinds
+
+    kinds = (csv_kinds(root) or [None]) if dataset == "csv" else [None]
+    records = []
+    with warnings.catch_warnings():  # missing images are reported below, by name
+        warnings.simplefilter("ignore", UserWarning)
+        for kind in kinds:
+            result = get_reader(dataset, kind)(root, check_images=False, **reader_options)
+            records += result[0] if isinstance(result, tuple) else result.train + result.val + result.test
+    return records
+
+
 def build_cache(dataset: str, root, out, size: int = 512, workers: int = 1, progress: bool = True,
                 **reader_options) -> dict:
     """Cache every image the dataset's reader lists (all splits); returns the counts per status."""
-    reader = get_reader(dataset)
     manifest = read_manifest(out)
     if manifest and (manifest.get("dataset"), manifest.get("size")) != (dataset, size):
         raise ValueError(f"{out} already caches {manifest.get('dataset')} at size {manifest.get('size')}; "
                          f"use another --out for {dataset} at size {size}")
     if dataset == "mimic":
         reader_options.setdefault("split", "all")
-    with warnings.catch_warnings():  # missing images are reported below, by name
-        warnings.simplefilter("ignore", UserWarning)
-        result = reader(root, check_images=False, **reader_options)
-    records = result[0] if dataset in PAIR_DATASETS else result.train + result.val + result.test
+    records = _records(dataset, root, reader_options)
     write_manifest(out, dataset=dataset, root=os.path.abspath(root), size=size)
-    tasks = [(image, str(mirror_path(image, root, out)), size) for image in sorted({r.image for r in records})]
+    images = sorted({r.image for r in records})
+    tasks = [(image, str(mirror_path(image, root, out)), size) for image in images
+             if mirror_path(image, root, out) is not None]
     counts = {"written": 0, "cached": 0, "missing": 0, "corrupt": 0}
+    if len(tasks) < len(images):  # absolute paths elsewhere (csv): read from there, never cached
+        counts["outside root"] = len(images) - len(tasks)
     missing, corrupt = [], []
     with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         results = pool.map(_cache_one, tasks, chunksize=64) if pool else map(_cache_one, tasks)
@@ -98,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{args.out}: {counts['written']} written, {counts['cached']} already cached, "
           f"{counts['missing']} missing (listed in missing_images.txt), "
-          f"{counts['corrupt']} corrupt (listed in corrupt_images.txt)")
+          f"{counts['corrupt']} corrupt (listed in corrupt_images.txt)"
+          + (f", {counts['outside root']} outside --root (absolute paths elsewhere: read from there, not cached)"
+             if "outside root" in counts else ""))
     return 0
 
 

@@ -59,6 +59,53 @@ def get_image(images: Images, i: int, cache_dir: str | None = None) -> torch.Ten
     return torch.from_numpy(load_image(images[i], cache_dir=cache_dir)).unsqueeze(0)
 
 
+ON_UNREADABLE = ("skip", "stop")  # what a dataset does with an image file it cannot read
+
+
+class UnreadableImageError(ValueError):
+    """An image could not be read during training and ``on_unreadable="stop"`` asked to stop there."""
+
+
+class ReadOrReplace:
+    """Reads image i of a dataset; with ``on_unreadable="skip"`` an image that cannot be read (corrupt,
+    not an image, gone) is replaced by the next readable one in a seeded order of the dataset, and its
+    path is handed back so that the training loop can count and list it. ``"stop"`` raises
+    `UnreadableImageError` naming the file instead."""
+
+    def __init__(self, images: Images, cache_dir: str | None, on_unreadable: str, seed: int = 0):
+        from ..config import check_choice
+
+        check_choice("on_unreadable", on_unreadable, ON_UNREADABLE)
+        self.images, self.cache_dir, self.on_unreadable, self.seed = images, cache_dir, on_unreadable, seed
+        self._next: np.ndarray | None = None  # successor of each index in the seeded order, made on first need
+
+    def successor(self, i: int) -> int:
+        if self._next is None:
+            order = np.random.default_rng(self.seed).permutation(len(self.images))
+            self._next = np.empty_like(order)
+            self._next[order] = np.roll(order, -1)
+        return int(self._next[i])
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, int, list[str]]:
+        """(image, index actually read, paths of the unreadable images met on the way)."""
+        from .images import ImageReadError
+
+        bad: list[str] = []
+        for _ in range(len(self.images)):
+            try:
+                return get_image(self.images, i, self.cache_dir), i, bad
+            except (ImageReadError, FileNotFoundError) as err:
+                if self.on_unreadable == "stop":
+                    raise UnreadableImageError(
+                        f"unreadable image {self.images[i]} ({' '.join(str(err).split())}); fix or remove the "
+                        f"file, or leave on_unreadable='skip' (no --stop-on-unreadable) to skip unreadable "
+                        f"images, counted and listed") from err
+                bad.append(str(self.images[i]))
+                i = self.successor(i)
+        raise UnreadableImageError(f"none of the {len(self.images)} images could be read, e.g. {bad[:3]}; check "
+                                   f"the image files (cmitm data summary --check-images)")
+
+
 def paired_views(img: torch.Tensor, dcfg: DataConfig, lo: int, train: bool = True):
     """The same random crop at two resolutions: (lo x lo input, hi x hi reconstruction target).
 
@@ -88,32 +135,46 @@ def classifier_view(img: torch.Tensor, dcfg: DataConfig, lo: int, crop_scale, tr
 
 
 class PairDataset(Dataset):
+    """Items are dicts; an unreadable image is replaced by another pair (`ReadOrReplace`), whose index
+    and report the item then carries, and its path is listed under "unreadable"."""
+
     def __init__(self, data: PairData, dcfg: DataConfig, mcfg: ModelConfig, train: bool = True,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, on_unreadable: str = "skip", seed: int = 0):
         self.data, self.dcfg, self.lo, self.train, self.cache_dir = data, dcfg, mcfg.img_size, train, cache_dir
+        self.read = ReadOrReplace(data.images, cache_dir, on_unreadable, seed)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict:
-        img = get_image(self.data.images, i, self.cache_dir)
+        img, i, bad = self.read(i)
         lo, hi = paired_views(img, self.dcfg, self.lo, self.train)
-        return {"image": lo, "target": hi, "report": self.data.reports[i], "index": i}
+        return {"image": lo, "target": hi, "report": self.data.reports[i], "index": i, "unreadable": bad}
 
 
 class LabelDataset(Dataset):
+    """Items are (image, labels, unreadable paths); batch them with ``collate_fn=collate_labels``.
+    An unreadable image is replaced by another image with its own labels (`ReadOrReplace`)."""
+
     def __init__(self, data: LabelData, dcfg: DataConfig, mcfg: ModelConfig, crop_scale=(0.8, 1.0),
-                 train: bool = True, cache_dir: str | None = None):
+                 train: bool = True, cache_dir: str | None = None, on_unreadable: str = "skip", seed: int = 0):
         self.data, self.dcfg, self.lo = data, dcfg, mcfg.img_size
         self.crop_scale, self.train, self.cache_dir = crop_scale, train, cache_dir
+        self.read = ReadOrReplace(data.images, cache_dir, on_unreadable, seed)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int):
-        img = get_image(self.data.images, i, self.cache_dir)
+        img, i, bad = self.read(i)
         x = classifier_view(img, self.dcfg, self.lo, self.crop_scale, self.train)
-        return x, torch.as_tensor(self.data.labels[i], dtype=torch.float32)
+        return x, torch.as_tensor(self.data.labels[i], dtype=torch.float32), bad
+
+
+def collate_labels(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A `LabelDataset` batch: stacked images, stacked labels, and the unreadable images' paths."""
+    xs, ys, bad = zip(*items)
+    return torch.stack(xs), torch.stack(ys), [path for paths in bad for path in paths]
 
 
 class PairCollate:
@@ -131,6 +192,7 @@ class PairCollate:
             "image": torch.stack([it["image"] for it in items]),
             "target": torch.stack([it["target"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
+            "unreadable": [path for it in items for path in it.get("unreadable", [])],
             "input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
             "masked_ids": masked_ids, "mlm_labels": mlm_labels,
         }

@@ -243,7 +243,34 @@ def _openi(root: Path, rng: np.random.Generator) -> None:
         (root / "ecgen-radiology" / f"{n}.xml").write_text(xml)
 
 
-_BUILDERS = {"mimic": _mimic, "openi": _openi, "nih": _nih, "chexpert": _chexpert, "rsna": _rsna, "covidx": _covidx}
+CSV_REPORTS = [
+    "FINDINGS: Heart size is normal. Lungs are clear.\nIMPRESSION: No acute disease.",
+    "Small left pleural effusion. No pneumothorax.",
+    "INDICATION: Cough.\n\nFINDINGS: Mild cardiomegaly. A small nodule in the right upper lobe.",
+    "IMPRESSION: Stable chest, no effusion.",
+]
+
+
+def _csv(root: Path, rng: np.random.Generator) -> None:
+    """pairs.csv and labels.csv (multi-label, with blanks and -1) over png, jpg and dcm images; one
+    image given by its absolute path."""
+    pairs, labels, n = [], [], 0
+    for patient in range(1, 21):
+        for k in range(1 + patient % 2):
+            suffix = ("png", "jpg", "dcm")[n % 3]
+            rel = f"images/p{patient:02d}_{k}.{suffix}"
+            write_image(root / rel, fake_xray(rng))
+            image = str(root / rel) if n == 4 else rel  # paths relative to root, or absolute
+            pairs.append([image, CSV_REPORTS[n % len(CSV_REPORTS)], f"p{patient:02d}"])
+            values = [("1", "0", "", "-1")[(n + c) % 4] for c in range(3)]
+            labels.append([image, f"p{patient:02d}", *values])
+            n += 1
+    _write_csv(root / "pairs.csv", ["image", "report", "patient_id"], pairs)
+    _write_csv(root / "labels.csv", ["image", "patient_id", "Effusion", "Nodule", "Cardiomegaly"], labels)
+
+
+_BUILDERS = {"mimic": _mimic, "openi": _openi, "nih": _nih, "chexpert": _chexpert, "rsna": _rsna, "covidx": _covidx,
+             "csv": _csv}
 
 
 def make_fixture(dataset: str, root: str | os.PathLike, seed: int = 0) -> Path:

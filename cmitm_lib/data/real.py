@@ -150,6 +150,20 @@ DATASET_INFO = {
     },
 }
 
+DATASET_INFO["csv"] = {
+    "title": "Your own collection (pairs.csv / labels.csv)",
+    "source": "your files; the format is documented in data/README.md (\"csv\") and cmitm_lib/data/csvdata.py",
+    "access": "yours",
+    "layout": """
+<root>/
+|-- pairs.csv     (pre-training)  header: image,report[,patient_id][,split]
+|-- labels.csv    (fine-tuning)   header: image[,patient_id][,split],<class 1>,<class 2>,...  (0/1/-1/blank)
+|                                 or:     image[,patient_id][,split],label                   (class names)
+`-- images/...    (png, jpg or dcm; paths in the csv are relative to <root>, or absolute)
+e.g. pairs.csv:   image,report,patient_id
+                  images/p1_a.png,"FINDINGS: Heart size normal. IMPRESSION: No acute disease.",p1""",
+}
+
 SPLIT_FILE_NAMES = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt",
                     "train_val": "train_val_list.txt"}
 SPLIT_FILES_LAYOUT = """
@@ -368,6 +382,20 @@ def _chexpert_relpath(csv_path: str) -> str:
     return tail if head.lower().startswith("chexpert-v1.0") else csv_path
 
 
+def uncertain_policy(name: str, classes: Sequence[str]) -> dict[str, float]:
+    """The value of an uncertain (-1) label per class under U-policy ``name``: "ones" and "zeros" take any
+    class names, "mgca" CheXpert's five (used by `read_chexpert` and the csv reader)."""
+    if name not in UNCERTAIN_POLICIES:
+        raise ValueError(f"unknown uncertain policy {name!r}; use one of {sorted(UNCERTAIN_POLICIES)}")
+    if name in ("ones", "zeros"):
+        return dict.fromkeys(classes, 1.0 if name == "ones" else 0.0)
+    unknown = [c for c in classes if c not in UNCERTAIN_POLICIES[name]]
+    if unknown:
+        raise ValueError(f"uncertain={name!r} is defined for {list(UNCERTAIN_POLICIES[name])} only, not {unknown}; "
+                         f"use 'ones' or 'zeros'")
+    return {c: UNCERTAIN_POLICIES[name][c] for c in classes}
+
+
 def _chexpert_value(text: str, uncertain: float) -> float:
     if text.strip() == "":
         return 0.0
@@ -381,8 +409,7 @@ def read_chexpert(root, *, seed=0, split_files=None, check_images=True, cache_di
     train patients, seeded, until at least `val_size` images (at most 10% of train); train = the rest.
     `uncertain`: "mgca" (U-ones for Atelectasis, Edema, Pleural Effusion; U-zeros for Cardiomegaly,
     Consolidation), "ones" or "zeros"; blank is 0. `frontal_only` drops lateral views (counted)."""
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise ValueError(f"unknown uncertain policy {uncertain!r}; use one of {sorted(UNCERTAIN_POLICIES)}")
+    policy = uncertain_policy(uncertain, CHEXPERT_CLASSES)
     root = _dataset_root("chexpert", root)
     base = next((d for d in (root, root / "CheXpert-v1.0-small", root / "CheXpert-v1.0")
                  if (d / "train.csv").is_file()), None)
@@ -391,7 +418,6 @@ def read_chexpert(root, *, seed=0, split_files=None, check_images=True, cache_di
     valid_csv = _find_file("chexpert", base, ["valid.csv"])
     if check_images and not (base / "train").is_dir():
         raise _layout_error("chexpert", "the train/ image folder", base)
-    policy = UNCERTAIN_POLICIES[uncertain]
     skipped = Counter()
     lateral: set[str] = set()
     by_path: dict[str, LabeledImage] = {}  # "train/patient00001/study1/view1_frontal.jpg" -> record
@@ -660,14 +686,21 @@ def read_openi(root, *, seed=0, split_files=None, check_images=True,
 
 # --- registry ------------------------------------------------------------------------------------
 
-PAIR_DATASETS = {"mimic": read_mimic, "openi": read_openi}
-LABEL_DATASETS = {"nih": read_nih, "chexpert": read_chexpert, "rsna": read_rsna, "covidx": read_covidx}
-DATASET_NAMES = [*PAIR_DATASETS, *LABEL_DATASETS]
+PAIR_DATASETS = {"mimic": read_mimic, "openi": read_openi}  # + "csv", registered by data.csvdata
+LABEL_DATASETS = {"nih": read_nih, "chexpert": read_chexpert, "rsna": read_rsna, "covidx": read_covidx}  # + "csv"
+CSV_READERS: dict = {}  # "pairs", "labels", None (whichever file is there): filled in by data.csvdata
+DATASET_NAMES = [*PAIR_DATASETS, *LABEL_DATASETS, "csv"]
 
 
-def get_reader(name: str):
-    """The reader of a dataset name; ValueError listing the valid names for anything else."""
+def get_reader(name: str, kind: str | None = None):
+    """The reader of a dataset name; ValueError listing the valid names for anything else. "csv" has two
+    files: ``kind`` "pairs" or "labels" picks one, None reads labels.csv when present (`csvdata.read_csv`)."""
+    if name == "csv":
+        return CSV_READERS[kind]
     readers = {**PAIR_DATASETS, **LABEL_DATASETS}
     if name not in readers:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     return readers[name]
+
+
+import cmitm_lib.data.csvdata  # noqa: E402,F401  (registers "csv" in the tables above)

@@ -18,6 +18,7 @@ class ImageTextPair:
     report: str  # FINDINGS + IMPRESSION text
     patient_id: str
     study_id: str = ""
+    split: str = ""  # "train" / "val" when the dataset says (csv); "" = the loader's held-out rule
 
 
 @dataclass
