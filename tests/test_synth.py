@@ -40,11 +40,11 @@ def cases() -> list[synth.Case]:
     return [generate_case(7, i, size=32) for i in range(400)]
 
 
-def params_with(name: str, hedged: bool = False) -> dict:
+def params_with(name: str, hedged: bool = False, level: str = "lesson") -> dict:
     """Parameters of the first pretrain case (seed 0) that has `name` present and stated."""
     k = FINDINGS.index(name)
     for index in range(5000):
-        params = synth.draw_params(np.random.default_rng([0, index, 0]), "pretrain")
+        params = synth.draw_params(np.random.default_rng([0, index, 0]), "pretrain", level)
         if name in params["findings"] and params["hedged"][k] == hedged:
             return params
     raise AssertionError(f"no case with {name}")
@@ -197,6 +197,28 @@ def test_finding_changes_pixels_where_it_is(name):
         assert np.hypot(row - centre[0], col - centre[1]) < 8
     elif finding.get("side") in ("right", "left"):
         assert (col < 32) == (finding["side"] == "right")  # patient right is the image left
+
+
+def finding_change(name: str, level: str, n: int = 12) -> float:
+    """Mean over n cases of the summed |change| a stated finding makes to its 64-px film."""
+    k, changes = FINDINGS.index(name), []
+    for index in range(3000):
+        params = synth.draw_params(np.random.default_rng([0, index, 0]), "pretrain", level)
+        if name in params["findings"] and not params["hedged"][k]:
+            changes.append(np.abs(synth.render(params, 64) - synth.render(without(params, name), 64)).sum())
+        if len(changes) == n:
+            return float(np.mean(changes))
+    raise AssertionError(f"fewer than {n} cases with {name} at level {level}")
+
+
+@pytest.mark.parametrize("name", FINDINGS)
+def test_lesson_level_findings_change_the_film_more_than_subtle(name):
+    assert finding_change(name, "lesson") > 1.5 * finding_change(name, "subtle")
+
+
+def test_unknown_level_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="level='easy' is not valid.*lesson.*subtle"):
+        generate_case(0, 0, level="easy")
 
 
 def test_bigger_findings_change_more_pixels():

@@ -1,0 +1,67 @@
+"""Train-or-load for the lessons: the stage-1 and stage-2 checkpoints the lessons share.
+
+`make demo` and lessons 2 and 3 write ``runs/lessons/stage1`` and ``runs/lessons/stage2``; lessons 3 and 4
+read them. `load_or_pretrain` loads a checkpoint folder when it holds one and otherwise trains it at the
+preset's defaults on the embedded SynthCXR pairs (stage 2 first loads or trains stage 1), so every lesson
+runs on its own in a fresh clone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Preset, get_preset
+from .data import load_pretrain
+from .paths import resolve
+from .text import train_tokenizer
+from .train import build_model, pretrain, retrieval
+
+STAGES = ("stage1", "stage2")
+
+
+def train_stage(stage: str, model, tokenizer, preset: Preset, out: str | Path, *, dataset: str = "synth",
+                data_root: str = "", reader_options: dict | None = None, seed: int = 0, device: str = "auto",
+                progress: bool = True, **train_options) -> dict:
+    """Train ``model`` with ``stage``'s objective at the preset's defaults (``train_options``, e.g. epochs or
+    lr, override them; None = the preset's), measure held-out retrieval, save the checkpoint to ``out``;
+    returns its meta (what it was trained on, the loss history, held-out retrieval)."""
+    pairs, heldout = load_pretrain(dataset, data_root, preset, seed, **(reader_options or {}))
+    train_options = {k: v for k, v in train_options.items() if v is not None}
+    history = pretrain(model, tokenizer, pairs, preset, stage, seed=seed, device=device, progress=progress,
+                       **train_options)
+    stage_cfg = preset.stage2 if stage == "stage2" else preset.stage1
+    meta = {"stage": stage, "dataset": dataset, "synth_level": preset.data.synth_level if dataset == "synth" else None,
+            "n_train_pairs": len(pairs), "epochs": len(history), "lr": train_options.get("lr", stage_cfg.lr),
+            "seed": seed, "history": history, "retrieval": retrieval(model, tokenizer, heldout, preset, device)}
+    save_checkpoint(out, model, preset, tokenizer, meta)
+    return meta
+
+
+def load_or_pretrain(path: str | Path, stage: str, preset: str = "tiny", *, stage1_path: str | Path | None = None,
+                     seed: int = 0, device: str = "auto", log=print):
+    """(model, tokenizer, preset, meta) of the checkpoint folder ``path``: loaded when it holds a checkpoint,
+    else ``stage`` is trained at the preset's defaults on the embedded SynthCXR pairs and saved there (``log``
+    says which). Stage 2 starts from ``stage1_path`` (default: the ``stage1`` folder beside ``path``), itself
+    loaded or trained the same way."""
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r} is not valid; choose one of: {', '.join(STAGES)}")
+    path = resolve(path)
+    if (path / "config.json").is_file():
+        model, tokenizer, p, meta = load_checkpoint(path, expect_preset=preset, device="cpu")
+        log(f"loaded {path}: {meta.get('stage')}, {meta.get('epochs')} epochs on {meta.get('n_train_pairs')} "
+            f"{meta.get('dataset')} pairs")
+        return model, tokenizer, p, meta
+    if stage == "stage2":
+        stage1_path = path.parent / "stage1" if stage1_path is None else stage1_path
+        model, tokenizer, p, _ = load_or_pretrain(stage1_path, "stage1", preset, seed=seed, device=device, log=log)
+    else:
+        p = get_preset(preset)
+        pairs, _ = load_pretrain("synth", "", p, seed)
+        tokenizer = train_tokenizer(pairs.reports, p.model.vocab_size)
+        model = build_model(p, tokenizer, seed=seed)
+    cfg = p.stage2 if stage == "stage2" else p.stage1
+    log(f"no checkpoint at {path}: training {stage} now at the {preset} preset's defaults ({cfg.epochs} epochs, "
+        f"lr {cfg.lr:g}, mask ratio {cfg.mask_ratio}) on the embedded SynthCXR pairs")
+    meta = train_stage(stage, model, tokenizer, p, path, seed=seed, device=device)
+    log(f"saved {path}")
+    return model.cpu(), tokenizer, p, meta
