@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lab clean-runs
+.PHONY: setup demo test lab lessons clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ demo: setup
 
 test: setup
 	MPLBACKEND=Agg $(BIN)/python -m pytest
+
+# Every numbered lesson at its defaults, executed with papermill into docs/lessons/ (committed with outputs).
+lessons: setup
+	mkdir -p docs/lessons
+	for nb in notebooks/0*.ipynb; do \
+		MPLBACKEND=Agg $(BIN)/papermill --cwd notebooks "$$nb" "docs/lessons/$$(basename $$nb)" || exit 1; \
+	done
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -77,7 +77,7 @@ SCALES = {
                   "finetune": 1}),
     "quick": (1, {"n_pretrain": 2000, "stage1": 3, "stage2": 2, "finetune": 5}),
     "full": (3, {}),
-    # ~7x the full scale's pre-training steps: does the tiny ViT learn given more steps? (`claim` only)
+    # a stage 1 of 40 epochs (the full scale: 6): does the tiny ViT learn given more steps? (`claim` only)
     "long": (3, {"stage1": 40, "stage2": 12}),
     # the full scale with the opt-in convolutional E_v (models.ConvEncoder), not the paper's ViT, and a
     # stage 2 of 12 epochs at stage 1's lr (the CLIP-like row's lr): at 4 epochs / 3e-4, L_c stays at chance

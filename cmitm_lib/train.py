@@ -414,8 +414,7 @@ def _finetune_loaders(data: FinetuneData, preset: Preset, idx: np.ndarray, batch
     train_data = type(data.train)(_take(data.train.images, idx), data.train.labels[idx])
     options = {"on_unreadable": on_unreadable, "seed": seed}
     train_set = LabelDataset(train_data, preset.data, preset.model, preset.finetune.crop_scale, train=True, **options)
-    # An epoch draws at least 256 images so that 1% of labels still gets enough steps per epoch.
-    per_epoch = max(len(train_set), 256)
+    per_epoch = max(len(train_set), preset.finetune.min_images_per_epoch)  # enough steps at 1% of the labels
     sampler = RandomSampler(train_set, replacement=len(train_set) < per_epoch, num_samples=per_epoch)
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=False,
                               num_workers=num_workers, collate_fn=collate_labels)

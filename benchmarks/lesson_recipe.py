@@ -1,0 +1,145 @@
+"""The measurements behind the tiny lesson recipe (SynthCXR lesson level, the paper's ViT shrunk).
+
+    cmitm pretrain --stage 1 --checkpoint-out runs/recipe/s1                     # stage 1 at the preset's defaults
+    python benchmarks/lesson_recipe.py stage2 --ckpt runs/recipe/s1 --epochs 12 --lr 1e-3 --save runs/recipe/s2
+    python benchmarks/lesson_recipe.py stage2 --ckpt random --epochs 12 --lr 1e-3 --save runs/recipe/s2_scratch
+    python benchmarks/lesson_recipe.py probe --ckpt runs/recipe/s1               # random init and a checkpoint
+    python benchmarks/lesson_recipe.py finetune random runs/recipe/s1 runs/recipe/s2 --min-images 1024
+
+stage2: stage 2 from a checkpoint (``random``: a fresh model, i.e. CLIP-like with masked images) with
+overrides; prints L_c per epoch against 2 ln B, held-out image->report Recall@K before and after against
+the chance of a random ranking, then the linear probe of the resulting E_v.
+probe: frozen E_v features + logistic regression on the NIH-like task at 1% and 10% of the labels.
+finetune: `train.finetune` at 1% of the labels from each init, with an epoch of at least --min-images images.
+Output and reading: benchmarks/README.md, "Lesson recipe".
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from cmitm_lib import experiment as ex
+from cmitm_lib import train as T
+from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
+from cmitm_lib.config import get_preset
+from cmitm_lib.data import load_finetune, load_pretrain
+from cmitm_lib.evaluate import recall_at_k
+from cmitm_lib.text import train_tokenizer
+
+
+def model_from(ckpt: str, seed: int):
+    """(model, tokenizer, preset) of a checkpoint folder, or a fresh tiny model for ``random``."""
+    if ckpt != "random":
+        model, tokenizer, preset, _ = load_checkpoint(ckpt)
+        return model, tokenizer, preset
+    preset = get_preset("tiny")
+    pairs, _ = load_pretrain("synth", "", preset, seed)
+    tokenizer = train_tokenizer(pairs.reports, preset.model.vocab_size)
+    return T.build_model(preset, tokenizer, seed=seed), tokenizer, preset
+
+
+def chance_r5(reports: list[str], seed: int = 0, draws: int = 5) -> float:
+    """i2t R@5 of random similarity matrices (identical report texts count as hits, as in evaluation)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(reports)
+    return float(np.mean([recall_at_k(torch.rand(n, n, generator=g), reports=reports)["i2t_R@5"] for _ in range(draws)]))
+
+
+def probe(state, preset, seed: int) -> dict:
+    d = load_finetune("synth", "", preset, seed)
+    feats = {s: ex.encoder_features(state, getattr(d, s).images, preset, seed) for s in ("train", "val", "test")}
+    out = {}
+    for fraction in (0.01, 0.1):
+        idx = T.fraction_indices(len(d.train), fraction, seed, d.train.labels)
+        r = ex.linear_probe(feats["train"][idx], d.train.labels[idx], feats["val"], d.val.labels, feats["test"],
+                            d.test.labels, d.task, d.metric)
+        out[f"{fraction:.0%}"] = round(r["test"], 3)
+    return out
+
+
+def stage2(a) -> None:
+    model, tokenizer, preset = model_from(a.ckpt, a.seed)
+    if a.mask is not None:
+        preset.stage2.mask_ratio = a.mask
+    train, held = load_pretrain("synth", "", preset, a.seed)
+    print(f"held-out pairs {len(held)}, chance i2t R@5 {chance_r5(held.reports):.4f}", flush=True)
+    before = T.retrieval(model, tokenizer, held, preset)
+    t0 = time.perf_counter()
+    history = T.pretrain(model, tokenizer, train, preset, "stage2", epochs=a.epochs, lr=a.lr, seed=a.seed,
+                         progress=False)
+    print(f"L_c per epoch {[round(h['loss_c'], 3) for h in history]} (2 ln B = "
+          f"{2 * np.log(preset.stage2.batch_size):.2f}), {time.perf_counter() - t0:.0f} s")
+    after = T.retrieval(model, tokenizer, held, preset)
+    for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@5"):
+        print(f"  {k}: before {before[k]:.3f}  after {after[k]:.3f}")
+    if a.save:
+        save_checkpoint(a.save, model, preset, tokenizer, {"stage": "stage2", "epochs": a.epochs})
+    print(f"linear probe test AUC after stage 2: {probe(T.encoder_state(model), preset, a.seed)}")
+
+
+def probe_cmd(a) -> None:
+    model, _, preset = model_from(a.ckpt, a.seed)
+    torch.manual_seed(a.seed)
+    print(f"linear probe test AUC, random init: {probe(None, preset, a.seed)}")
+    print(f"linear probe test AUC, {a.ckpt}: {probe(T.encoder_state(model), preset, a.seed)}")
+
+
+def layer_decay_optimizer(decay: float):
+    """AdamW with MAE's layer-wise lr decay (timm's param_groups_layer_decay), for `train.finetune`."""
+    from timm.optim import param_groups_layer_decay
+
+    def build(model, kind, lr, weight_decay, betas=(0.9, 0.95)):
+        groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=decay)
+        for g in groups:
+            g["lr"] = lr * g.pop("lr_scale", 1.0)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return build
+
+
+def finetune(a) -> None:
+    preset = get_preset("tiny")
+    preset.finetune.min_images_per_epoch = a.min_images
+    if a.layer_decay:
+        T.build_optimizer = layer_decay_optimizer(a.layer_decay)
+    d = load_finetune("synth", "", preset, a.seed)
+    for init in a.inits:
+        state = None if init == "random" else T.encoder_state(load_checkpoint(init)[0])
+        t0 = time.perf_counter()
+        r = T.finetune(d, preset, state, a.fraction, lr=a.lr, seed=a.seed, progress=False)
+        print(f"{init}: test AUC {r['test_auc']:.3f}, val {r['val_auc']:.3f}, best epoch {r['best_epoch']}, "
+              f"{r['epochs']} epochs of >= {a.min_images} images, lr {r['lr']:g}, {time.perf_counter() - t0:.0f} s",
+              flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("stage2")
+    p.add_argument("--ckpt", required=True, help="stage-1 checkpoint folder, or 'random'")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--mask", type=float, default=None, help="stage-2 image mask ratio")
+    p.add_argument("--save", default="")
+    p.set_defaults(func=stage2)
+    p = sub.add_parser("probe")
+    p.add_argument("--ckpt", required=True)
+    p.set_defaults(func=probe_cmd)
+    p = sub.add_parser("finetune")
+    p.add_argument("inits", nargs="+", help="'random' and/or checkpoint folders")
+    p.add_argument("--min-images", type=int, default=1024, help="images per fine-tuning epoch at least")
+    p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--layer-decay", type=float, default=None, help="MAE's layer-wise lr decay, e.g. 0.75")
+    p.set_defaults(func=finetune)
+    for p in sub.choices.values():
+        p.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
