@@ -722,7 +722,7 @@ def write_docs(out: str | Path, docs: str | Path, command: str) -> Path:
         "section names the command that made it, and every number is in the CSV it names. Benchmark "
         f"version {version} (`data.benchmark_version()`: the hash of `data/synth.py` + `data/tasks.py`; "
         "a checkout whose hash differs makes other numbers).\n",
-        f"Image encoder E_v: {encoder}. "
+        f"Image encoder E_v: {encoder}. SynthCXR level: {d.get('synth_level', 'subtle (before levels existed)')}. "
         f"Pre-training: {d['n_pretrain']} SynthCXR pairs (pre-training acquisition domain), stage 1 "
         f"{s1['epochs']} epochs (lr {s1['lr']:g}), stage 2 {s2['epochs']} epochs (lr {s2['lr']:g}, image mask ratio "
         f"{s2['mask_ratio']:g}), batch "
