@@ -70,6 +70,33 @@ def _missing_browser() -> str:
     return ""
 
 
+# What a learner sees does not depend on how long a lesson trains, and nbval runs every lesson at its
+# defaults already: in the browser the training lessons run short, into runs/browser/lessons (papermill's
+# injected-parameters cell after the `parameters` cell, as `papermill -p` would add it).
+SHORT_RUN = {
+    "02": {"epochs": 1, "checkpoint_out": "runs/browser/lessons/stage1", "out_dir": "runs/browser/lessons"},
+    "03": {"epochs": 1, "checkpoint_in": "runs/browser/lessons/stage1", "checkpoint_out": "runs/browser/lessons/stage2",
+           "out_dir": "runs/browser/lessons"},
+    "04": {"epochs": 1, "fractions": [0.01], "checkpoint_in": "runs/browser/lessons/stage2",
+           "checkpoint_stage1": "runs/browser/lessons/stage1", "out_dir": "runs/browser/lessons"},
+}
+
+
+def served_copy(nb: Path, target: Path) -> None:
+    """Copy a lesson for JupyterLab to serve, with the short-run parameters of SHORT_RUN injected."""
+    params = SHORT_RUN.get(nb.name[:2])
+    if not params:
+        shutil.copy(nb, target)
+        return
+    from papermill.parameterize import parameterize_notebook
+
+    notebook = nbformat.read(nb, as_version=4)
+    for cell in notebook.cells:  # papermill's own runs add these first
+        cell.metadata.setdefault("tags", [])
+    notebook.metadata.setdefault("papermill", {})
+    nbformat.write(parameterize_notebook(notebook, params), target)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab on 127.0.0.1, a free port, a random token, serving a temporary copy of notebooks/."""
@@ -82,7 +109,7 @@ def lab(tmp_path_factory):
     served = base / "notebooks"
     served.mkdir()
     for nb in NOTEBOOKS:
-        shutil.copy(nb, served / nb.name)
+        served_copy(nb, served / nb.name)
     for name, values in LAB_SETTINGS.items():
         f = base / "settings" / f"{name}.jupyterlab-settings"
         f.parent.mkdir(parents=True, exist_ok=True)
