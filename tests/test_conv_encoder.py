@@ -177,7 +177,8 @@ def test_lessons_2_to_4_run_with_the_conv_encoder(tmp_path):
     text = lesson("03_stage2.ipynb", n_train_pairs=64, checkpoint_in=str(tmp_path / "stage1"),
                   checkpoint_out=str(tmp_path / "stage2"))
     assert "this checkpoint's E_v is 'cnn'" in text
-    text = lesson("04_finetune.ipynb", fractions=[0.01], checkpoint_in=str(tmp_path / "stage2"))
+    text = lesson("04_finetune.ipynb", fractions=[0.01], checkpoint_in=str(tmp_path / "stage2"),
+                  checkpoint_stage1=str(tmp_path / "stage1"))
     assert "this checkpoint's E_v is 'cnn'" in text and (tmp_path / "runs" / "finetune_results.json").is_file()
     with pytest.raises(pm.PapermillExecutionError, match="encoder='mlp' is not valid"):
         lesson("02_stage1.ipynb", encoder="mlp", checkpoint_out=str(tmp_path / "bad"))
