@@ -114,7 +114,8 @@ def demo(args: argparse.Namespace) -> dict:
     (out / "demo_metrics.json").write_text(json.dumps(result, indent=2))
     print(format_table(rows, timings))
     print(closing_line(rows))
-    print(f"checkpoints: {out / 'stage1'}, {out / 'stage2'} (the lessons load them); metrics: {out / 'demo_metrics.json'}")
+    print(f"checkpoints: {out / 'stage1'}, {out / 'stage2'} (the lessons load runs/lessons); "
+          f"metrics: {out / 'demo_metrics.json'}")
     return result
 
 
