@@ -19,11 +19,11 @@ from cmitm_lib.data import real
 from cmitm_lib.data.cache import build_cache
 from cmitm_lib.data.fixtures import fake_xray, make_fixture, write_dicom
 from cmitm_lib.data.images import ImageReadError, load_image, mirror_path
-from cmitm_lib.data.real import (
-    LABEL_DATASETS, NIH_CLASSES, PAIR_DATASETS, DatasetLayoutError, findings_impression, label_fraction,
-    split_by_patient,
-)
+from cmitm_lib.data.catalog import CHEXPERT_CLASSES, NIH_CLASSES, DatasetLayoutError
+from cmitm_lib.data.real import LABEL_DATASETS, PAIR_DATASETS
 from cmitm_lib.data.records import ImageTextPair, LabeledImage, LabeledSplits
+from cmitm_lib.data.report_sections import findings_impression
+from cmitm_lib.data.splits import label_fraction, split_by_patient
 from cmitm_lib.data.summary import main as summary_main
 from cmitm_lib.data.summary import summarize
 
@@ -150,7 +150,7 @@ def test_chexpert_policies_views_and_splits(tmp_path):
             row = rows[os.path.relpath(r.image, base)]
             assert row["Frontal/Lateral"] == "Frontal"
             expected = [{"": 0.0, "0.0": 0.0, "1.0": 1.0, "-1.0": u}[row[c]]
-                        for c, u in zip(real.CHEXPERT_CLASSES, uncertain)]
+                        for c, u in zip(CHEXPERT_CLASSES, uncertain)]
             assert r.labels == expected
     assert all("/valid/" in r.image for r in splits.test) and all("/train/" in r.image for r in splits.train)
     assert len(splits.val) >= 1 and len(splits.val) <= 0.2 * len(splits.train)

@@ -8,6 +8,7 @@ import pytest
 
 from cmitm_lib.data import synth
 from cmitm_lib.data.synth import FINDINGS, generate_case, generate_cases
+from cmitm_lib.data.synth_render import patient_coords
 
 # An independent reading of the report text: which finding a sentence talks about and how.
 TERMS = {
@@ -180,7 +181,7 @@ def test_image_shape_dtype_range(size):
 
 def test_patient_to_pixel_inverts_patient_coords():
     acquisition = generate_case(0, 9, 64, "downstream").acquisition
-    u, v = synth.patient_coords(64, acquisition)
+    u, v = patient_coords(64, acquisition)
     row, col = synth.patient_to_pixel(float(u[40, 20]), float(v[40, 20]), acquisition, 64)
     assert abs(row - 40) < 1e-3 and abs(col - 20) < 1e-3
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 import zlib
 from pathlib import Path
@@ -15,11 +16,17 @@ import numpy as np
 
 from ..config import Preset, check_choice
 from ..paths import cache_dir, resolve
+from . import policy, synth, synth_params, synth_render, synth_report, tasks
 from .datasets import FinetuneData, LabelData, PairData
-from .tasks import TASKS as SYNTH_TASKS  # the four embedded downstream tasks
+from .real import LABEL_DATASETS, PAIR_DATASETS
+from .synth import FINDINGS
+from .tasks import SYNTH_TASKS  # the four embedded downstream tasks
 
 PRETRAIN_DATASETS = ("synth", "mimic", "openi", "csv")
 FINETUNE_DATASETS = (*SYNTH_TASKS, "nih", "chexpert", "rsna", "covidx", "csv")
+
+GENERATOR_MODULES = (synth_params, synth_render, synth_report, synth)  # SynthCXR: what a case is drawn from
+BENCHMARK_MODULES = (*GENERATOR_MODULES, tasks, policy)  # + how the embedded tasks pick and label cases
 
 
 def _source_hash(*modules) -> str:
@@ -29,17 +36,13 @@ def _source_hash(*modules) -> str:
 @functools.lru_cache(maxsize=1)
 def _synth_version() -> str:
     """Hash of the generator's source, read once per process (edits invalidate the cache)."""
-    from . import synth
-
-    return _source_hash(synth)
+    return _source_hash(*GENERATOR_MODULES)
 
 
 @functools.lru_cache(maxsize=1)
 def benchmark_version() -> str:
     """Hash of the generator's and the tasks' source: what an embedded-benchmark result was made from."""
-    from . import synth, tasks
-
-    return _source_hash(synth, tasks)
+    return _source_hash(*BENCHMARK_MODULES)
 
 
 def _check_synth_size(n: int) -> None:
@@ -49,22 +52,31 @@ def _check_synth_size(n: int) -> None:
                          "sized for real data: use preset='tiny' with synth, or a real dataset with preset='paper'")
 
 
-def _synth_batch(n: int, seed: int, size: int, domain: str, start: int, level: str = "lesson"):
-    """SynthCXR cases, cached on disk under the generator's version."""
-    from . import synth
-
-    _check_synth_size(n)
-    version = _synth_version()
-    path = cache_dir() / f"synth_{level}_{domain}_{seed}_{start}_{n}_{size}_{version}.npz"
+def _cached(name: str, make) -> dict:
+    """The arrays of ``<cache_dir>/<name>.npz``, made by ``make()`` and saved there first when missing.
+    The one on-disk cache of SynthCXR cases; ``name`` holds the generator's version, so edits invalidate it."""
+    path = cache_dir() / f"{name}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
-        return z["images"], z["labels"], list(z["reports"]), list(z["patient_ids"])
-    b = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start, level=level)
+        return {key: z[key] for key in z.files}
+    arrays = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one writer per process (DDP ranks)
-    np.savez(tmp, images=b.images, labels=b.labels, reports=np.array(b.reports), patient_ids=np.array(b.patient_ids))
+    np.savez(tmp, **{key: np.asarray(value) for key, value in arrays.items()})
     tmp.replace(path)
-    return b.images, b.labels, b.reports, b.patient_ids
+    return arrays
+
+
+def _synth_batch(n: int, seed: int, size: int, domain: str, start: int, level: str = "lesson"):
+    """SynthCXR cases start .. start + n - 1: images, labels, reports, patient ids (cached on disk)."""
+    _check_synth_size(n)
+
+    def make() -> dict:
+        b = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start, level=level)
+        return {"images": b.images, "labels": b.labels, "reports": b.reports, "patient_ids": b.patient_ids}
+
+    z = _cached(f"synth_{level}_{domain}_{seed}_{start}_{n}_{size}_{_synth_version()}", make)
+    return z["images"], z["labels"], list(z["reports"]), list(z["patient_ids"])
 
 
 def load_pretrain(name: str, root: str, preset: Preset, seed: int = 0, **options) -> tuple[PairData, PairData]:
@@ -86,8 +98,6 @@ def load_pretrain_labels(preset: Preset) -> FinetuneData:
     the labels SynthCXR knows and MIMIC-CXR's reports only hint at. Train = the pre-training pairs'
     images; val and test are both the held-out pairs' images. For the benchmark's supervised
     reference only (`experiment.METHODS["supervised"]`); CMITM never sees these labels."""
-    from .synth import FINDINGS
-
     d = preset.data
     imgs, labels, _, _ = _synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0, d.synth_level)
     h_imgs, h_labels, _, _ = _synth_batch(d.n_heldout, 0, d.synth_size, "pretrain", d.n_pretrain, d.synth_level)
@@ -113,8 +123,6 @@ def _no_options_for_synth(name: str, options: dict) -> None:
 
 def _read(readers: dict, name: str, root: str, seed: int, options: dict):
     """Call a real dataset's reader; options it does not take are named with the ones it does."""
-    import inspect
-
     if not root:
         raise ValueError(f"dataset={name!r} needs data_root=<folder with the official files> (--data-root); "
                          f"see data/README.md")
@@ -128,8 +136,6 @@ def _read(readers: dict, name: str, root: str, seed: int, options: dict):
 
 def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
     """One of the four embedded downstream tasks (data/tasks.py), from the downstream domain."""
-    from . import tasks
-
     d = preset.data
     classes, task, metric = tasks.TASK_INFO[name]
     for n in d.n_finetune:
@@ -158,8 +164,6 @@ def _synth_task(name: str, preset: Preset, seed: int) -> FinetuneData:
 
 def _task_labels(name: str, classes: list[str], labels: np.ndarray) -> np.ndarray:
     """A task's labels from (N, 7) image-truth labels: synth-covidx's classes one-hot, the others' findings."""
-    from . import tasks
-
     if name == "synth-covidx":
         return np.eye(len(classes), dtype=np.float32)[[tasks.covidx_class(row) for row in labels]]
     return tasks.image_columns(labels, classes)
@@ -167,21 +171,15 @@ def _task_labels(name: str, classes: list[str], labels: np.ndarray) -> np.ndarra
 
 def _synth_cases(indices: np.ndarray, seed: int, size: int, level: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8) and image labels of downstream cases at arbitrary indices, cached on disk."""
-    from . import synth
-
     key = hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:10]
-    path = cache_dir() / f"synth_cases_{level}_{seed}_{len(indices)}_{key}_{size}_{_synth_version()}.npz"
-    if path.is_file():
-        z = np.load(path, allow_pickle=False)
-        return z["images"], z["labels"]
-    cases = [synth.generate_case(seed, int(i), size, "downstream", level) for i in indices]
-    images = np.stack([np.round(c.image * 255).astype(np.uint8) for c in cases])
-    labels = np.stack([c.labels for c in cases])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    tmp.replace(path)
-    return images, labels
+
+    def make() -> dict:
+        cases = [synth.generate_case(seed, int(i), size, "downstream", level) for i in indices]
+        return {"images": np.stack([np.round(c.image * 255).astype(np.uint8) for c in cases]),
+                "labels": np.stack([c.labels for c in cases])}
+
+    z = _cached(f"synth_cases_{level}_{seed}_{len(indices)}_{key}_{size}_{_synth_version()}", make)
+    return z["images"], z["labels"]
 
 
 def _heldout(patient_id: str, fraction: float = 0.05) -> bool:
@@ -200,8 +198,6 @@ def _check_read(name: str, root: str, what: str, n: int, skipped: dict) -> None:
 
 
 def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairData, PairData]:
-    from .real import PAIR_DATASETS
-
     pairs, skipped = _read(PAIR_DATASETS, name, root, seed, options)
     split = [p.split == "val" if p.split else _heldout(p.patient_id) for p in pairs]  # csv: its own split
     train = [p for p, h in zip(pairs, split) if not h]
@@ -215,8 +211,6 @@ def _real_pairs(name: str, root: str, seed: int, options: dict) -> tuple[PairDat
 
 
 def _real_labels(name: str, root: str, seed: int, options: dict) -> FinetuneData:
-    from .real import LABEL_DATASETS
-
     s = _read(LABEL_DATASETS, name, root, seed, options)
     _check_read(name, root, "training images", len(s.train), s.skipped)
 

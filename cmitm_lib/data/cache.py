@@ -26,11 +26,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cmitm_lib.data.images import (
+from ..paths import resolve
+from .catalog import DatasetLayoutError
+from .csvdata import csv_kinds
+from .images import (
     ImageReadError, load_image, mirror_path, read_manifest, resize_shorter_side, save_png, write_manifest,
 )
-from cmitm_lib.data.real import DATASET_NAMES, DatasetLayoutError, get_reader
-from cmitm_lib.paths import resolve
+from .real import DATASET_NAMES, get_reader
 
 
 def _cache_one(task: tuple[str, str, int]) -> tuple[str, str, str]:
@@ -50,8 +52,6 @@ def _cache_one(task: tuple[str, str, int]) -> tuple[str, str, str]:
 
 def _records(dataset: str, root, reader_options: dict) -> list:
     """Every record of a dataset (all splits; a csv dataset's pairs.csv and labels.csv both)."""
-    from cmitm_lib.data.csvdata import csv_kinds
-
     kinds = (csv_kinds(root) or [None]) if dataset == "csv" else [None]
     records = []
     with warnings.catch_warnings():  # missing images are reported below, by name

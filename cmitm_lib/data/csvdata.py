@@ -27,12 +27,13 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from cmitm_lib.data import real
-from cmitm_lib.data.real import (
-    _HEADER, DATASET_INFO, _chexpert_value, _dataset_root, _layout_error, _resolve_images, _section_name, _squash,
-    findings_impression, split_by_patient, uncertain_policy,
-)
-from cmitm_lib.data.records import ImageTextPair, LabeledImage, LabeledSplits
+from .catalog import DATASET_INFO, dataset_root, layout_error
+from .images import mirror_path
+from .ondisk import resolve_images
+from .policy import chexpert_value, uncertain_policy
+from .records import ImageTextPair, LabeledImage, LabeledSplits
+from .report_sections import report_text
+from .splits import split_by_patient
 
 FILES = {"pairs": "pairs.csv", "labels": "labels.csv"}
 PAIR_SPLITS, LABEL_SPLITS = ("train", "val"), ("train", "val", "test")
@@ -73,13 +74,6 @@ def _split(path: Path, n: int, row: dict, allowed: tuple[str, ...]) -> str | Non
     return row["split"]
 
 
-def report_text(raw: str) -> str:
-    """FINDINGS + IMPRESSION when the report has either section (`real.findings_impression`), else the
-    whole text, whitespace squashed."""
-    names = {_section_name(m.group("name")) for m in _HEADER.finditer(raw)}
-    return findings_impression(raw) if names & {"findings", "impression"} else _squash(raw)
-
-
 def _warn_rows(path: Path, what: str, rows: list[int]) -> None:
     if rows:
         shown = ", ".join(map(str, rows[:20])) + (f" ... ({len(rows) - 20} more)" if len(rows) > 20 else "")
@@ -89,8 +83,6 @@ def _warn_rows(path: Path, what: str, rows: list[int]) -> None:
 def _drop_missing(path: Path, items: list[tuple[int, object]], root: Path, check_images: bool, cache_dir,
                   skipped: Counter) -> list:
     """Records whose image (or cached copy) is on disk; the others are counted and named by row."""
-    from cmitm_lib.data.images import mirror_path
-
     missing = [n for n, r in items if not os.path.isfile(r.image) and not (
         cache_dir is not None and (m := mirror_path(r.image, root, cache_dir)) is not None and m.is_file())]
     if missing:
@@ -103,10 +95,10 @@ def _drop_missing(path: Path, items: list[tuple[int, object]], root: Path, check
 
 
 def _csv_file(root, kind: str) -> tuple[Path, Path]:
-    root = _dataset_root("csv", root)
+    root = dataset_root("csv", root)
     path = root / FILES[kind]
     if not path.is_file():
-        raise _layout_error("csv", FILES[kind], root)
+        raise layout_error("csv", FILES[kind], root)
     return root, path
 
 
@@ -132,7 +124,7 @@ def read_csv_pairs(root, *, seed=0, check_images=True, cache_dir=None) -> tuple[
             p.split = "val"
         for p in train:
             p.split = "train"
-    [pairs] = _resolve_images([pairs], root, check_images, cache_dir, Counter(), stacklevel=3)
+    [pairs] = resolve_images([pairs], root, check_images, cache_dir, Counter(), stacklevel=3)
     return pairs, dict(skipped)
 
 
@@ -159,7 +151,7 @@ def _multilabel(path: Path, n: int, row: dict, classes: list[str], policy: dict,
             raise ValueError(f"{path}, row {n}, column {c!r}: label value {row[c]!r} is not 0, 1, -1 (uncertain) "
                              f"or blank (= 0)")
         uncertain[c] += value == "-1"
-        values.append(_chexpert_value(value, policy[c]))
+        values.append(chexpert_value(value, policy[c]))
     return values
 
 
@@ -198,15 +190,15 @@ def read_csv_labels(root, *, seed=0, check_images=True, cache_dir=None, uncertai
             raise ValueError(f"{path}: no {name} images (of {len(records)}); "
                              + ("give some rows split=" + name if "split" in header else
                                 "add images or patients: the seeded 70/10/20 split needs at least 3 patients"))
-    parts = _resolve_images(parts, root, check_images, cache_dir, Counter(), stacklevel=3)
+    parts = resolve_images(parts, root, check_images, cache_dir, Counter(), stacklevel=3)
     return LabeledSplits("csv", classes, task, "auc" if task == "multilabel" else "acc", *parts, dict(skipped))
 
 
 def read_csv(root, *, seed=0, check_images=True, cache_dir=None, **options):
     """``labels.csv`` when the folder has one (`read_csv_labels`), else ``pairs.csv`` (`read_csv_pairs`)."""
-    kinds = csv_kinds(_dataset_root("csv", root))
+    kinds = csv_kinds(dataset_root("csv", root))
     if not kinds:
-        raise _layout_error("csv", "pairs.csv (pre-training) or labels.csv (fine-tuning)", Path(root))
+        raise layout_error("csv", "pairs.csv (pre-training) or labels.csv (fine-tuning)", Path(root))
     reader = read_csv_labels if "labels" in kinds else read_csv_pairs
     return reader(root, seed=seed, check_images=check_images, cache_dir=cache_dir, **options)
 
@@ -221,7 +213,3 @@ def image_rows(root, kind: str) -> dict[str, int]:
     root, path = _csv_file(root, kind)
     _, rows = _rows(path, ("image",))
     return {os.path.normpath(os.path.join(root, row["image"])): n for n, row in rows if row["image"]}
-
-
-real.PAIR_DATASETS["csv"], real.LABEL_DATASETS["csv"] = read_csv_pairs, read_csv_labels
-real.CSV_READERS.update({"pairs": read_csv_pairs, "labels": read_csv_labels, None: read_csv})

@@ -10,8 +10,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..config import DataConfig, ModelConfig
+from ..config import DataConfig, ModelConfig, check_choice
 from ..text import encode, mask_words, word_token_table
+from .images import ImageReadError, load_image
 
 Images = Union[np.ndarray, Sequence[str]]  # uint8 (N, H, W) in memory, or image file paths
 
@@ -26,6 +27,19 @@ class PairData:
 
     def __len__(self) -> int:
         return len(self.reports)
+
+
+def first_of_shuffle(pairs: PairData, n: int, seed: int) -> PairData:
+    """The first ``n`` pairs of a seeded shuffle, kept in their original order (n = 0: all pairs)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n_train_pairs={n!r} is not valid; use 0 (all pairs) or a positive integer")
+    if n > len(pairs):
+        raise ValueError(f"n_train_pairs={n} is larger than the {len(pairs)} training pairs; use 0 for all")
+    if n == 0:
+        return pairs
+    idx = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:n])
+    images = pairs.images[idx] if isinstance(pairs.images, np.ndarray) else [pairs.images[i] for i in idx]
+    return PairData(images, [pairs.reports[i] for i in idx], [pairs.patient_ids[i] for i in idx])
 
 
 @dataclass
@@ -54,8 +68,6 @@ def get_image(images: Images, i: int, cache_dir: str | None = None) -> torch.Ten
     """(1, H, W) float in [0, 1]."""
     if isinstance(images, np.ndarray):
         return torch.from_numpy(images[i]).float().div_(255).unsqueeze(0)
-    from .images import load_image
-
     return torch.from_numpy(load_image(images[i], cache_dir=cache_dir)).unsqueeze(0)
 
 
@@ -73,8 +85,6 @@ class ReadOrReplace:
     `UnreadableImageError` naming the file instead."""
 
     def __init__(self, images: Images, cache_dir: str | None, on_unreadable: str, seed: int = 0):
-        from ..config import check_choice
-
         check_choice("on_unreadable", on_unreadable, ON_UNREADABLE)
         self.images, self.cache_dir, self.on_unreadable, self.seed = images, cache_dir, on_unreadable, seed
         self._next: np.ndarray | None = None  # successor of each index in the seeded order, made on first need
@@ -88,8 +98,6 @@ class ReadOrReplace:
 
     def __call__(self, i: int) -> tuple[torch.Tensor, int, list[str]]:
         """(image, index actually read, paths of the unreadable images met on the way)."""
-        from .images import ImageReadError
-
         bad: list[str] = []
         for _ in range(len(self.images)):
             try:

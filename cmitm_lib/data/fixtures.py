@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from cmitm_lib.data.real import DATASET_NAMES, NIH_CLASSES
+from .catalog import NIH_CLASSES
+from .real import DATASET_NAMES
 
 
 def fake_xray(rng: np.random.Generator, height: int = 40, width: int = 48) -> np.ndarray:
@@ -42,9 +45,6 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray) -> None:
 def write_dicom(path: str | os.PathLike, pixels: np.ndarray, patient_id: str = "anonymous", **elements) -> None:
     """Write an uncompressed single-frame grayscale DICOM; `elements` set extra attributes
     (e.g. PhotometricInterpretation="MONOCHROME1", RescaleSlope=2, WindowCenter=..., WindowWidth=...)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
     uid = generate_uid(entropy_srcs=[str(path)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -76,8 +77,6 @@ def _first(value) -> float | None:
 
 
 def _load_dicom(path: Path) -> np.ndarray:
-    import pydicom  # imported lazily: only DICOM datasets need it
-
     ds = pydicom.dcmread(path)
     arr = ds.pixel_array.astype(np.float32)
     if getattr(ds, "SamplesPerPixel", 1) == 3:

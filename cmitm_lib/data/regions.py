@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import synth
 from .synth import case_params  # re-exported: regions.case_params(seed, index, domain)
+from .synth_params import FINDINGS, check_size
+from .synth_render import density_map, patient_coords
 
 DEFAULT_THRESHOLD = 0.02
 
 
 def _density(params: dict, size: int) -> np.ndarray:
-    u, v = synth.patient_coords(size, params["acquisition"])
-    return synth._density(u, v, params, size)
+    u, v = patient_coords(size, params["acquisition"])
+    return density_map(u, v, params, size)
 
 
 def finding_regions(params: dict, size: int = 128, threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
     """{finding: bool (size, size) mask} for every finding of ``synth.FINDINGS``; absent ones are all False."""
-    synth._check_size(size)
+    check_size(size)
     if not threshold > 0:
         raise ValueError(f"threshold={threshold!r} is not valid; it must be > 0 (density units, e.g. 0.02)")
     full = _density(params, size)
     regions = {}
-    for name in synth.FINDINGS:
+    for name in FINDINGS:
         if name not in params["findings"]:
             regions[name] = np.zeros((size, size), dtype=bool)
             continue

@@ -15,11 +15,12 @@ import statistics
 import sys
 import warnings
 
-from cmitm_lib.data.csvdata import csv_kinds, image_rows
-from cmitm_lib.data.images import ImageReadError, load_image
-from cmitm_lib.data.real import DATASET_INFO, DATASET_NAMES, DatasetLayoutError, get_reader
-from cmitm_lib.data.records import LabeledSplits
-from cmitm_lib.paths import resolve
+from ..paths import resolve
+from .catalog import DATASET_INFO, DatasetLayoutError
+from .csvdata import csv_kinds, image_rows
+from .images import ImageReadError, load_image
+from .real import DATASET_NAMES, get_reader
+from .records import LabeledSplits
 
 
 def _count(records, classes) -> dict:

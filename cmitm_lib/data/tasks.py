@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .policy import UNCERTAIN_POLICIES, uncertain_value
 from .synth import FINDINGS, case_params
 
-TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")
-CHEXPERT_FINDINGS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "effusion")
-U_POLICY = {"atelectasis": 1.0, "cardiomegaly": 0.0, "consolidation": 0.0, "edema": 1.0, "effusion": 1.0}  # MGCA
-COVIDX_CLASSES = ("normal", "focal consolidation", "diffuse bilateral")
+SYNTH_TASKS = ("synth", "synth-chexpert", "synth-rsna", "synth-covidx")
+# The synth-chexpert findings and the CheXpert class each stands for; their U-policy is CheXpert's "mgca".
+CHEXPERT_CLASS_OF = {"atelectasis": "Atelectasis", "cardiomegaly": "Cardiomegaly", "consolidation": "Consolidation",
+                     "edema": "Edema", "effusion": "Pleural Effusion"}
+CHEXPERT_FINDINGS = tuple(CHEXPERT_CLASS_OF)
+U_POLICY = {name: UNCERTAIN_POLICIES["mgca"][c] for name, c in CHEXPERT_CLASS_OF.items()}
+SYNTH_COVIDX_CLASSES = ("normal", "focal consolidation", "diffuse bilateral")
 COVIDX_START = 1_000_000
 RSNA_START = 2_000_000
 RSNA_PREVALENCE = 0.22  # RSNA Pneumonia: 6012 of 26684 studies with opacity boxes (22.5%)
@@ -41,7 +45,7 @@ TASK_INFO = {  # name -> (classes, task, metric)
     "synth": (list(FINDINGS), "multilabel", "auc"),
     "synth-chexpert": (list(CHEXPERT_FINDINGS), "multilabel", "auc"),
     "synth-rsna": (["consolidation"], "multilabel", "auc"),
-    "synth-covidx": (list(COVIDX_CLASSES), "multiclass", "acc"),
+    "synth-covidx": (list(SYNTH_COVIDX_CLASSES), "multiclass", "acc"),
 }
 
 
@@ -53,7 +57,7 @@ def report_labels(params: dict) -> np.ndarray:
 def chexpert_labels(report: np.ndarray) -> np.ndarray:
     """The 5 CheXpert-like columns of a report-label vector, uncertain (-1) mapped by U_POLICY."""
     cols = [report[FINDINGS.index(name)] for name in CHEXPERT_FINDINGS]
-    return np.array([U_POLICY[name] if v == -1 else v for name, v in zip(CHEXPERT_FINDINGS, cols)],
+    return np.array([uncertain_value(v, U_POLICY[name]) for name, v in zip(CHEXPERT_FINDINGS, cols)],
                     dtype=np.float32)
 
 
