@@ -1,13 +1,12 @@
-"""Can each SynthCXR finding be read off random-init features? Per-finding linear probes, any generator version.
+"""Can each SynthCXR finding be read off random-init features? Per-finding linear probes.
 
     python benchmarks/findings_probe.py                       # this checkout's generator, ~2 min on 2 CPU cores
-    python benchmarks/findings_probe.py --generator-at 410c661  # the generator of an earlier commit (git show)
-    python benchmarks/findings_probe.py --encoder runs/experiments/cnn/pretrain/seed0/supervised/encoder.safetensors \
+    python benchmarks/findings_probe.py --encoder runs/experiments/conv/pretrain/seed0/supervised/encoder.safetensors \
         --domain pretrain                                      # a trained E_v, on pre-training-domain studies
 
 For every finding: how much it changes the image (the brightest pixel of render(with) - render(without)
 at the encoder's 64 px, median over the positives; the image noise is ~0.015 there), and the test AUC
-of `experiment.linear_probe` on frozen random-init E_v features (the `cnn` scale's conv encoder, as the
+of `evaluate.linear_probe` on frozen random-init E_v features (the `conv` scale's conv encoder, as the
 `reference` and `claim` runs at that scale use; or the E_v weights of ``--encoder``) with 100% and 1% of
 the training labels. The studies are the downstream stream's first 5000 / 500 / 1000 (seed 0), i.e. the
 synth task's splits (``--domain pretrain``: the same number of pre-training-domain studies, from index
@@ -19,37 +18,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import platform
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from cmitm_lib import experiment as ex
+from cmitm_lib.data import synth
 from cmitm_lib.data.fractions import fraction_indices
-
-
-def load_generator(rev: str | None):
-    """cmitm_lib.data.synth, or synth.py as it was at git revision ``rev`` (self-contained: numpy only)."""
-    if rev is None:
-        from cmitm_lib.data import synth
-
-        return synth
-    source = subprocess.run(["git", "show", f"{rev}:cmitm_lib/data/synth.py"], check=True, capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parents[1]).stdout
-    path = Path(tempfile.mkdtemp()) / f"synth_{rev}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from cmitm_lib.evaluate import encoder_features, linear_probe
+from cmitm_lib.lab.recipes import scaled_preset
 
 
 def visibility(synth, seed: int, indices, name: str, domain: str, size: int = 128, out: int = 64) -> float:
@@ -69,7 +48,6 @@ def visibility(synth, seed: int, indices, name: str, domain: str, size: int = 12
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--generator-at", default=None, help="a git revision whose data/synth.py renders the studies")
     ap.add_argument("--encoder", default=None, help="E_v weights (encoder.safetensors) instead of random init")
     ap.add_argument("--domain", default="downstream", choices=("downstream", "pretrain"))
     ap.add_argument("--init-seeds", type=int, default=2, help="random-init encoders (seeds 0 ..)")
@@ -77,19 +55,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    synth = load_generator(args.generator_at)
-    preset = ex.scaled_preset("cnn")
+    preset = scaled_preset("conv")
     state = None if args.encoder is None else load_file(args.encoder)
     print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; generator "
-          f"{args.generator_at or 'of this checkout'}, {args.domain} studies, conv E_v "
+          f"of this checkout, {args.domain} studies, conv E_v "
           + (f"from {args.encoder}" if state else f"at random init, seeds 0-{args.init_seeds - 1}"))
     n_train, n_val, n_test = preset.data.n_finetune
     start = 0 if args.domain == "downstream" else 10_000
     batch = synth.generate_cases(n_train + n_val + n_test, seed=0, size=preset.data.synth_size, domain=args.domain,
                                  start=start)
     parts = np.split(np.arange(len(batch.labels)), [n_train, n_train + n_val])
-    feats = [ex.encoder_features(state, batch.images, preset, s) for s in range(1 if state else args.init_seeds)]
-    print(f"\n| finding | positives in train | max brightness change (median) | AUC 100% | AUC 1% (5 subsets) |")
+    feats = [encoder_features(state, batch.images, preset, s) for s in range(1 if state else args.init_seeds)]
+    print("\n| finding | positives in train | max brightness change (median) | AUC 100% | AUC 1% (5 subsets) |")
     print("|---|---|---|---|---|")
     for k, name in enumerate(synth.FINDINGS):
         y = batch.labels[:, [k]]
@@ -97,10 +74,10 @@ def main() -> None:
         full, one = [], []
         for f in feats:
             ftr, fva, fte = (f[p] for p in parts)
-            full.append(ex.linear_probe(ftr, tr, fva, va, fte, te, "multilabel", "auc")["test"])
+            full.append(linear_probe(ftr, tr, fva, va, fte, te, "multilabel", "auc")["test"])
             for s in range(5):
                 idx = fraction_indices(n_train, 0.01, s, tr)
-                one.append(ex.linear_probe(ftr[idx], tr[idx], fva, va, fte, te, "multilabel", "auc")["test"])
+                one.append(linear_probe(ftr[idx], tr[idx], fva, va, fte, te, "multilabel", "auc")["test"])
         jump = visibility(synth, 0, start + parts[0][:1000], name, args.domain)
         print(f"| {name} | {int(tr.sum())} | {jump:.3f} | {100 * np.mean(full):.1f} | {100 * np.mean(one):.1f} |")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")

@@ -7,7 +7,7 @@
 1. supervised: fine-tune E_v + head from random init on 100% of the `synth` task's labels
    (`train.finetune`); per epoch the training BCE against the base-rate BCE (the loss of predicting
    each finding's prevalence, i.e. of learning nothing from the image) and validation macro AUC.
-2. probe: a linear probe (`experiment.linear_probe`) on the same random-init encoder's frozen
+2. probe: a linear probe (`evaluate.linear_probe`) on the same random-init encoder's frozen
    features, 100% of the labels -- what the benchmark's random-init row rests on.
 3. contrastive: CLIP-like pre-training from scratch (`train.pretrain` stage 2, no image masking, no
    D_r) on the 4000 pre-training pairs; per epoch L_c against its chance level 2 ln B, and held-out
@@ -49,16 +49,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from cmitm_lib import experiment as ex
+from cmitm_lib.checkpoint import load_checkpoint
 from cmitm_lib.config import get_preset
-from cmitm_lib.data import _synth_batch, load_finetune, load_pretrain
+from cmitm_lib.data import SYNTH_TASKS, _synth_batch, load_finetune, load_pretrain
 from cmitm_lib.data.datasets import LabelDataset, collate_labels
 from cmitm_lib.data.fractions import fraction_indices
-from cmitm_lib.evaluate import score
+from cmitm_lib.device import resolve_device, seed_everything
+from cmitm_lib.evaluate import (embed_batches, encoder_features, image_loader, linear_probe, predict, retrieval,
+                                score)
+from cmitm_lib.lab.report import compare, comparison_table
 from cmitm_lib.losses import info_nce
 from cmitm_lib.text import train_tokenizer
-from cmitm_lib.train import (build_model, build_optimizer, finetune, predict, pretrain, retrieval, seed_everything,
-                             warmup_cosine)
+from cmitm_lib.train import build_model, build_optimizer, encoder_state, finetune, pretrain, warmup_cosine
 
 
 def base_rate_bce(labels: np.ndarray) -> float:
@@ -80,8 +82,8 @@ def supervised(preset, epochs: int, lr: float) -> None:
 
 def probe(preset) -> None:
     d = load_finetune("synth", "", preset, 0)
-    feats = [ex.encoder_features(None, s.images, preset, 0) for s in (d.train, d.val, d.test)]
-    r = ex.linear_probe(feats[0], d.train.labels, feats[1], d.val.labels, feats[2], d.test.labels, d.task, d.metric)
+    feats = [encoder_features(None, s.images, preset, 0) for s in (d.train, d.val, d.test)]
+    r = linear_probe(feats[0], d.train.labels, feats[1], d.val.labels, feats[2], d.test.labels, d.task, d.metric)
     print(f"[probe] random-init frozen features, 100% labels: val AUC {r['val']:.3f}, test AUC {r['test']:.3f} "
           f"(C={r['C']:g})")
 
@@ -196,12 +198,9 @@ def oracle(preset, epochs: int, lr: float) -> None:
 
 def frozen(preset, epochs: int, lr: float, checkpoint: str) -> None:
     """As `oracle`, with frozen E_v features of ``checkpoint`` (random init when empty) as the image side."""
-    from cmitm_lib.checkpoint import load_checkpoint
-    from cmitm_lib.train import encoder_state
-
     model, tokenizer, pairs, _ = _clip_model(preset)
     state = encoder_state(load_checkpoint(checkpoint)[0]) if checkpoint else None
-    feats = torch.as_tensor(ex.encoder_features(state, pairs.images, preset, 0, "cpu"))
+    feats = torch.as_tensor(encoder_features(state, pairs.images, preset, 0, "cpu"))
     _fixed_image_side(model, (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6))
     _clip_train("frozen", f"image side = frozen E_v features ({checkpoint or 'random init'})", model, tokenizer,
                 pairs, None, preset, epochs, lr)
@@ -218,10 +217,19 @@ def contrastive_cnn(preset, epochs: int, lr: float, seed: int = 0) -> SmallCNN:
     return model.image_encoder
 
 
+def net_features(net: nn.Module, images, preset) -> np.ndarray:
+    """``net.forward_head(net.forward_features(x), pre_logits=True)`` of every image on the CPU, eval mode."""
+    dev = resolve_device("cpu")
+    net = net.to(dev).eval()
+    embed = lambda b, i: (net.forward_head(net.forward_features(b["image"]), pre_logits=True),)  # noqa: E731
+    return embed_batches(image_loader(images, preset, 256), embed, dev,
+                         "each featurised as another image of the set")[0].numpy()
+
+
 def transfer_cnn(preset, epochs: int, lr: float, seeds: int) -> None:
     """The benchmark's claim with a convolutional prior: CLIP-like SmallCNN against random-init SmallCNN,
-    linear probe (`experiment.linear_probe`) on the four tasks at 1 / 10 / 100%, paired by seed."""
-    tasks = {t: load_finetune(t, "", preset, 0) for t in ex.ALL_TASKS}
+    linear probe (`evaluate.linear_probe`) on the four tasks at 1 / 10 / 100%, paired by seed."""
+    tasks = {t: load_finetune(t, "", preset, 0) for t in SYNTH_TASKS}
     rows = []
     t0 = time.perf_counter()
     for seed in range(seeds):
@@ -229,11 +237,11 @@ def transfer_cnn(preset, epochs: int, lr: float, seeds: int) -> None:
         for method in ("random", "clip"):
             net = SmallCNN() if method == "random" else contrastive_cnn(preset, epochs, lr, seed)
             for task, d in tasks.items():
-                train, val, test = (ex.network_features(net, s.images, preset, "cpu") for s in (d.train, d.val, d.test))
+                train, val, test = (net_features(net, s.images, preset) for s in (d.train, d.val, d.test))
                 for fraction in (0.01, 0.1, 1.0):
                     idx = fraction_indices(len(d.train), fraction, seed, d.train.labels)
-                    r = ex.linear_probe(train[idx], d.train.labels[idx], val, d.val.labels, test, d.test.labels,
-                                        d.task, d.metric)
+                    r = linear_probe(train[idx], d.train.labels[idx], val, d.val.labels, test, d.test.labels,
+                                     d.task, d.metric)
                     rows.append({"method": method, "task": task, "fraction": fraction, "seed": seed, **r})
     print(f"[transfer-cnn] linear probe of SmallCNN features, CLIP-like ({epochs} epochs, lr {lr:g}) vs random "
           f"init, {seeds} seeds ({time.perf_counter() - t0:.0f} s); test metric x 100, mean over seeds:")
@@ -242,7 +250,7 @@ def transfer_cnn(preset, epochs: int, lr: float, seeds: int) -> None:
                  for t in tasks for f in (0.01, 0.1, 1.0)]
         print(f"  {method:>6}  " + ", ".join(cells))
     print("  CLIP-like - random, paired by seed (mean ± 95% CI half-width; > / < when the CI excludes 0):")
-    print(ex.comparison_table(ex.compare(rows, "clip", "random")))
+    print(comparison_table(compare(rows, "clip", "random")))
 
 
 CHECKS = ("supervised", "probe", "contrastive", "cnn", "oracle", "contrastive-cnn", "frozen", "transfer-cnn")

@@ -21,12 +21,12 @@ import time
 import numpy as np
 import torch
 
-from cmitm_lib import experiment as ex
 from cmitm_lib import train as T
 from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import load_finetune, load_pretrain
-from cmitm_lib.evaluate import recall_at_k
+from cmitm_lib.data.fractions import fraction_indices
+from cmitm_lib.evaluate import encoder_features, linear_probe, recall_at_k, retrieval
 from cmitm_lib.text import train_tokenizer
 
 
@@ -50,12 +50,12 @@ def chance_r5(reports: list[str], seed: int = 0, draws: int = 5) -> float:
 
 def probe(state, preset, seed: int) -> dict:
     d = load_finetune("synth", "", preset, seed)
-    feats = {s: ex.encoder_features(state, getattr(d, s).images, preset, seed) for s in ("train", "val", "test")}
+    feats = {s: encoder_features(state, getattr(d, s).images, preset, seed) for s in ("train", "val", "test")}
     out = {}
     for fraction in (0.01, 0.1):
-        idx = T.fraction_indices(len(d.train), fraction, seed, d.train.labels)
-        r = ex.linear_probe(feats["train"][idx], d.train.labels[idx], feats["val"], d.val.labels, feats["test"],
-                            d.test.labels, d.task, d.metric)
+        idx = fraction_indices(len(d.train), fraction, seed, d.train.labels)
+        r = linear_probe(feats["train"][idx], d.train.labels[idx], feats["val"], d.val.labels, feats["test"],
+                         d.test.labels, d.task, d.metric)
         out[f"{fraction:.0%}"] = round(r["test"], 3)
     return out
 
@@ -66,13 +66,13 @@ def stage2(a) -> None:
         preset.stage2.mask_ratio = a.mask
     train, held = load_pretrain("synth", "", preset, a.seed)
     print(f"held-out pairs {len(held)}, chance i2t R@5 {chance_r5(held.reports):.4f}", flush=True)
-    before = T.retrieval(model, tokenizer, held, preset)
+    before = retrieval(model, tokenizer, held, preset)
     t0 = time.perf_counter()
     history = T.pretrain(model, tokenizer, train, preset, "stage2", epochs=a.epochs, lr=a.lr, seed=a.seed,
                          progress=False)
     print(f"L_c per epoch {[round(h['loss_c'], 3) for h in history]} (2 ln B = "
           f"{2 * np.log(preset.stage2.batch_size):.2f}), {time.perf_counter() - t0:.0f} s")
-    after = T.retrieval(model, tokenizer, held, preset)
+    after = retrieval(model, tokenizer, held, preset)
     for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@5"):
         print(f"  {k}: before {before[k]:.3f}  after {after[k]:.3f}")
     if a.save:

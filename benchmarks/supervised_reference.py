@@ -17,18 +17,17 @@ import torch
 
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import load_finetune
+from cmitm_lib.train import finetune
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--level", default="lesson", choices=("lesson", "subtle"))
-    ap.add_argument("--epochs", type=int, default=10, help="epochs at 100% of the labels")
-    ap.add_argument("--lr", type=float, default=5e-4, help="peak AdamW lr at 100% (the preset's)")
+    ap.add_argument("--epochs", type=int, default=10, help="epochs at 100%% of the labels")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak AdamW lr at 100%% (the preset's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    from cmitm_lib.train import finetune
-
     torch.set_num_threads(a.threads)
     preset = get_preset("tiny")
     preset.data.synth_level = a.level

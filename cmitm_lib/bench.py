@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 try:
@@ -39,7 +40,12 @@ except ImportError:  # Windows: no CPU memory figure
     resource = None
 
 from .config import Preset, check_choice, check_positive_int, get_preset
+from .data import load_pretrain
+from .data.datasets import PairCollate, PairData, PairDataset
+from .device import autocast, resolve_device
 from .models import CMITM, build_classifier, set_trainable
+from .text import train_tokenizer
+from .train import build_optimizer
 
 BENCH_STAGES = ("stage1", "stage2", "finetune")
 FINETUNE_CLASSES = 14  # NIH ChestX-ray14 head
@@ -107,8 +113,6 @@ class _Step:
     """The model, its optimizer and one training step for a stage, on a fixed synthetic batch."""
 
     def __init__(self, preset: Preset, stage: str, batch_size: int, device: torch.device, zero_init: bool = False):
-        from .train import autocast, build_optimizer
-
         self.stage, self.device, self.autocast = stage, device, autocast
         if stage == "finetune":
             cfg = preset.finetune
@@ -184,8 +188,6 @@ def bench(preset, stage: str, batch_size: int | None = None, steps: int = 10, wa
     resident set size, a lower bound when the process was larger before), FLOPs per sample,
     achieved TFLOP/s and MFU (None off CUDA or for a GPU not in PEAK_TFLOPS).
     """
-    from .train import resolve_device
-
     check_choice("stage", stage, BENCH_STAGES)
     p = _preset(preset)
     if batch_size is None:
@@ -247,8 +249,6 @@ _WORDS = ("the heart size is normal lungs are clear there is no pleural effusion
 
 def _paper_like_pairs(n: int, size: int = 512, seed: int = 0):
     """In-memory uint8 images (size x size) and ~60-word reports, for a loader benchmark at full size."""
-    from .data.datasets import PairData
-
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     reports = [" ".join(rng.choice(_WORDS, 60)) + "." for _ in range(n)]
@@ -263,11 +263,6 @@ def bench_loader(preset, batch_size: int | None = None, steps: int = 10, num_wor
     in-memory random 512-px uint8 images with word-salad reports, so nothing large is generated.
     ``data`` (a PairData) overrides both. The first batch (worker start-up) is not timed.
     """
-    from torch.utils.data import DataLoader, RandomSampler
-
-    from .data import load_pretrain
-    from .data.datasets import PairCollate, PairDataset
-    from .text import train_tokenizer
 
     p = _preset(preset)
     batch_size = p.stage1.batch_size if batch_size is None else batch_size

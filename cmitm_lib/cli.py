@@ -13,9 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from . import distributed
-from .config import ENCODERS, check_parameters, get_preset
+from . import bench, distributed, export, resume
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ENCODERS, check_choice, get_preset
+from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS, cache, load_finetune, load_pretrain, summary
+from .device import seed_everything
+from .evaluate import PROMPTS, evaluate_model, format_evaluation, retrieval
+from .lab import cli as lab_cli
+from .lessons import check_parameters, closing_line, format_table, train_stage
+from .models import imagenet_encoder_state
 from .paths import resolve
+from .text import load_tokenizer, pretrained_tokenizer, save_tokenizer, train_tokenizer
+from .train import build_model, encoder_state, finetune, pretrain
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -74,11 +83,6 @@ def demo(args: argparse.Namespace) -> dict:
     """Stage 1 -> stage 2 -> fine-tune at 1% labels from random init, stage-1 init and CMITM init.
 
     The checkpoints go to ``--out-dir`` (default ``runs/lessons``, where the lessons look for them)."""
-    from .data import load_finetune, load_pretrain
-    from .lessons import train_stage
-    from .text import train_tokenizer
-    from .train import build_model, encoder_state, finetune
-
     check_parameters(preset=args.preset, dataset=args.dataset, device=args.device, fractions=[args.fraction])
     out = resolve(args.out_dir)
     preset = _preset(args)
@@ -119,29 +123,8 @@ def demo(args: argparse.Namespace) -> dict:
     return result
 
 
-def closing_line(rows: list[dict]) -> str:
-    """One sentence on what the demo's table shows: CMITM against random init and against stage 1 only."""
-    metric = rows[0]["metric"]
-    test = {r["init"]: r[f"test_{metric}"] for r in rows}
-    cmitm, random_init = test["CMITM"], test["random"]
-    stage1 = next(v for k, v in test.items() if k.startswith("stage 1"))
-    diff = f"{cmitm - random_init:+.3f} test {metric.upper()}"
-    line = f"CMITM init beats random init by {diff}" if cmitm > random_init else \
-        f"CMITM init does not beat random init ({diff})"
-    if cmitm > stage1:
-        return line + f" and stage 1 only by {cmitm - stage1:+.3f}."
-    return line + (f"; stage 1 only scores {stage1 - cmitm:+.3f} above CMITM on this seed, i.e. stage 2's alignment "
-                   f"did not add to what reconstruction taught E_v here.")
-
-
 def pretrain_cmd(args: argparse.Namespace) -> None:
     """One pre-training stage; starts from --checkpoint-in when given (stage 2 reads stage 1's)."""
-    from . import resume
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import load_pretrain
-    from .text import load_tokenizer, pretrained_tokenizer, save_tokenizer, train_tokenizer
-    from .train import build_model, pretrain, retrieval
-
     stage = {"1": "stage1", "2": "stage2", "joint": "joint"}[args.stage]
     check_parameters(preset=args.preset, dataset=args.dataset, device=args.device,
                      checkpoint_every=args.checkpoint_every, resume=args.resume, accum_steps=args.accum_steps,
@@ -186,9 +169,6 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
 
 def finetune_cmd(args: argparse.Namespace) -> None:
     """Fine-tune from --checkpoint-in (or random init) at each --fractions value; writes results JSON."""
-    from .data import load_finetune
-    from .train import finetune
-
     check_parameters(preset=args.preset, finetune_dataset=args.dataset, device=args.device, fractions=args.fractions)
     preset = _preset(args)
     if args.checkpoint_in and args.imagenet_weights:
@@ -198,8 +178,6 @@ def finetune_cmd(args: argparse.Namespace) -> None:
         encoder, kind = _encoder_from(resolve(args.checkpoint_in), args.preset)
         preset.model.encoder = _same_encoder(args, kind, args.checkpoint_in)
     if args.imagenet_weights:
-        from .models import imagenet_encoder_state
-
         encoder = imagenet_encoder_state(preset.model, resolve(args.imagenet_weights))
     data = load_finetune(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -225,13 +203,6 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
     nih, chexpert, rsna, covidx) give zero-shot AUC on the test split. --random-init scores the same
     architecture and vocabulary with fresh weights: the floor the pre-training should rise above.
     """
-    from .checkpoint import load_checkpoint
-    from .config import check_choice
-    from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS, load_finetune, load_pretrain
-    from .evaluate import PROMPTS, evaluate_model, format_evaluation
-    from .text import train_tokenizer
-    from .train import build_model, seed_everything
-
     check_choice("dataset", args.dataset, tuple(dict.fromkeys(PRETRAIN_DATASETS + tuple(PROMPTS))))
     check_parameters(device=args.device)
     if not args.checkpoint and not args.random_init:
@@ -268,56 +239,12 @@ def evaluate_cmd(args: argparse.Namespace) -> dict:
 
 def _encoder_from(path: Path, preset: str | None = None) -> tuple[dict, str]:
     """E_v's weights in a checkpoint folder, and its kind (``ModelConfig.encoder``)."""
-    from .checkpoint import load_checkpoint
-    from .train import encoder_state
-
     model, _, saved, _ = load_checkpoint(path, expect_preset=preset)
     return encoder_state(model), saved.model.encoder
 
 
-def experiment_cmd(args: argparse.Namespace) -> None:
-    """Run (or resume) the grid of one experiment, or all four; write CSV, plots and markdown."""
-    from . import experiment as ex
-
-    scale = "quick" if args.quick else args.scale or "full"
-    extras = ("calibration", "claim", "ratios", "reference")  # not part of "all": run them by name
-    names = [n for n in ex.EXPERIMENTS if n not in extras] if args.experiment == "all" else [args.experiment]
-    seeds = ex.SCALES[scale][0] if args.seeds is None else args.seeds
-    fractions = f" --fractions {' '.join(f'{f:g}' for f in args.fractions)}" if args.fractions else ""
-    weights = f" --imagenet-weights {args.imagenet_weights}" if args.imagenet_weights else ""
-    first = f" --first-seed {args.first_seed}" if args.first_seed else ""
-    for name in names:
-        table1 = name == "table1"  # the ImageNet row belongs to Table 1 only (also under "all")
-        rows = ex.run(name, scale, seeds, args.out, args.protocol, args.device, fractions=args.fractions,
-                      imagenet_weights=(args.imagenet_weights or None) if table1 else None,
-                      first_seed=args.first_seed)
-        command = (f"cmitm experiment {name} --scale {scale} --seeds {seeds}{first} --protocol {args.protocol}"
-                   f"{fractions}{weights if table1 else ''}")
-        paths = ex.write_report(name, rows, resolve(args.out) / scale, command)
-        print(Path(paths["markdown"]).read_text())
-        print("written: " + ", ".join(paths.values()))
-    if args.docs:
-        ex.write_docs(resolve(args.out) / scale, resolve(args.docs),
-                      f"cmitm experiment {args.experiment} --scale {scale} --seeds {seeds}{first} --protocol "
-                      f"{args.protocol}{fractions}{weights} --docs {args.docs}")
-        print(f"written: {resolve(args.docs)}")
-
-
-def format_table(rows: list[dict], timings: dict | None = None) -> str:
-    metric = rows[0]["metric"]
-    lines = [f"Fine-tuning on {rows[0]['dataset']}, test {metric.upper()} of the model chosen on validation:",
-             f"{'initialisation':<26}{'labels':>8}{'images':>8}{'val ' + metric:>10}{'test ' + metric:>10}"]
-    for r in rows:
-        lines.append(f"{r['init']:<26}{r['fraction']:>8.0%}{r['n_train']:>8}"
-                     f"{r[f'val_{metric}']:>10.3f}{r[f'test_{metric}']:>10.3f}")
-    if timings:
-        lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cmitm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _demo_parser(sub) -> None:
+    """`cmitm demo`: stage 1, stage 2 and fine-tuning on the embedded data."""
     p = sub.add_parser("demo", help="end-to-end demo on the embedded SynthCXR data")
     _common(p)
     p.add_argument("--fraction", type=float, default=0.01, help="label fraction for fine-tuning")
@@ -328,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
                    "(relative paths are taken from the repo root)")
     _unreadable_flag(p)
     p.set_defaults(func=demo)
+
+
+def _pretrain_parser(sub) -> None:
+    """`cmitm pretrain`: one pre-training stage."""
     p = sub.add_parser("pretrain", help="one pre-training stage (runs under torchrun too)")
     _common(p)
     p.add_argument("--stage", required=True, choices=("1", "2", "joint"))
@@ -347,6 +278,10 @@ def main(argv: list[str] | None = None) -> None:
                    "batch-size / k; each micro-batch's contrastive loss sees only its own pairs as negatives")
     _unreadable_flag(p)
     p.set_defaults(func=pretrain_cmd)
+
+
+def _finetune_parser(sub) -> None:
+    """`cmitm finetune`: fine-tuning at label fractions."""
     p = sub.add_parser("finetune", help="fine-tune E_v + linear head at label fractions")
     _common(p)
     p.set_defaults(dataset="synth")
@@ -361,40 +296,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="runs/finetune")
     _unreadable_flag(p)
     p.set_defaults(func=finetune_cmd)
-    p = sub.add_parser("experiment", help="the embedded benchmark: Table 1, Table 2, Fig. 2, Fig. 3 in miniature")
-    p.add_argument("experiment", choices=("table1", "table2", "fig2", "fig3", "calibration", "claim", "ratios", "reference", "all"),
-                   help="calibration: random init at 1/10/100%% on every task (use with --protocol finetune); "
-                        "claim: random init, stage 1 and CMITM only (for --scale long); ratios: CMITM at stage-2 mask "
-                        "ratios 0-0.75 against random init on every task; reference: random init and an E_v "
-                        "supervised with the pre-training images' findings (not the paper's)")
-    scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--quick", action="store_true", help="same as --scale quick (1 seed, shorter pre-training)")
-    scale.add_argument("--scale", default=None, choices=("smoke", "quick", "full", "long", "cnn", "cnn24", "cnn24lr"),
-                       help="default full (the tiny preset, 3 seeds; about an hour per experiment on 2 CPU "
-                            "cores); quick: 1 seed, shorter pre-training; smoke: a few minutes, numbers "
-                            "meaningless; long: full with 40 + 12 epochs (claim: ~30 min per seed); cnn: full "
-                            "with a convolutional E_v (not the paper's ViT), stage 2 12 epochs at lr 1e-3; cnn24: cnn with "
-                            "stage 2 24 epochs at image mask ratio 0.25; cnn24lr: cnn24 at a stage-2 lr of 3e-4")
-    p.add_argument("--seeds", type=int, default=None, help="default: the scale's (smoke/quick 1, full/long/cnn/cnn24/cnn24lr 3)")
-    p.add_argument("--first-seed", type=int, default=0,
-                   help="run seeds FIRST_SEED .. FIRST_SEED+SEEDS-1 (default 0): fresh seeds to confirm a result; "
-                        "their tables get a section of their own (e.g. claim_seeds5-9)")
-    p.add_argument("--protocol", default="linear", choices=("linear", "finetune"),
-                   help="linear: frozen E_v + logistic regression (CPU); finetune: every weight (GPU)")
-    p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")
-    p.add_argument("--fractions", type=float, nargs="+", default=None,
-                   help="label fractions instead of the experiment's (e.g. 0.01 to fine-tune on a CPU)")
-    p.add_argument("--docs", default="", help="also write this markdown file (e.g. docs/results.md)")
-    p.add_argument("--imagenet-weights", default="",
-                   help="table1 gains an 'ImageNet init' row: E_v from this local timm ViT checkpoint (.safetensors)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=experiment_cmd)
+
+
+def _evaluate_parser(sub) -> None:
+    """`cmitm evaluate`: held-out retrieval and zero-shot AUC."""
     p = sub.add_parser("evaluate", help="held-out Recall@1/5/10 both ways and zero-shot AUC of a checkpoint")
     _common(p)
     p.add_argument("--checkpoint", default="", help="checkpoint folder (stage 1 or stage 2); its preset is used")
     p.add_argument("--random-init", action="store_true",
                    help="fresh weights (the checkpoint's architecture and vocabulary, else --preset's)")
     p.set_defaults(func=evaluate_cmd)
+
+
+def _tool_parsers(sub) -> None:
+    """`cmitm data`, `cmitm bench`, `cmitm export`: tools that parse their own flags."""
     pd = sub.add_parser("data", add_help=False,
                         help="dataset tools: `cmitm data summary --help`, `cmitm data cache --help`")
     pd.add_argument("data_command", nargs="?", choices=("summary", "cache"))
@@ -402,20 +317,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="time a training step on synthetic inputs: `cmitm bench --help`")
     sub.add_parser("export", add_help=False,
                    help="E_v for timm and E_t + tokenizer for transformers: `cmitm export --checkpoint DIR --out OUT`")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cmitm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_demo_parser, _pretrain_parser, _finetune_parser, lab_cli.add_parser, _evaluate_parser, _tool_parsers):
+        add(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "export":  # parses its own flags
-        from . import export
-
         export.main(rest)
         return
     if args.command == "bench":  # the benchmark parses its own flags
-        from . import bench
-
         bench.main(rest)
         return
     if args.command == "data":  # the data tools parse their own flags
-        from .data import cache, summary
-
         if args.data_command is None:
             parser.error("cmitm data needs a tool: `cmitm data summary --help` or `cmitm data cache --help`")
         sys.exit((summary if args.data_command == "summary" else cache).main(rest))

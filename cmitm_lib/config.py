@@ -17,7 +17,6 @@ from typing import Any
 
 ENCODERS = ("vit", "cnn")  # ModelConfig.encoder's choices
 GLOBAL_POOLS = ("avg", "avgmax")  # ModelConfig.global_pool's choices
-REP_INITS = ("embedding", "decoder")  # ModelConfig.rep_init's choices
 
 
 @dataclass
@@ -43,10 +42,6 @@ class ModelConfig:
     rep_depth: int = 2  # paper: 2 blocks
     rep_heads: int = 6
     use_rep_decoder: bool = True  # False = the "- representation decoder" ablation (mean of visible tokens)
-    # What D_r takes from stage 1's D_v when stage 1 ends: "embedding" = its token embedding and mask token
-    # (as the CMITM code shares them); "decoder" = also its first rep_depth blocks and its norm (opt-in,
-    # not the paper; needs D_r's width and heads equal to D_v's), so D_r starts by filling in masked patches.
-    rep_init: str = "embedding"  # one of REP_INITS
     target_scale: int = 2  # D_v predicts a (2p x 2p) patch of the 2x view for each p x p input patch
     norm_pix: bool = True  # per-patch normalised reconstruction target (MAE)
     proj_hidden: int = 2048  # CMITM code: 768 -> 2048 -> BN -> ReLU -> 128 -> BN(no affine)
@@ -173,7 +168,9 @@ def preset_from_dict(d: dict[str, Any]) -> Preset:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:
-            raise ValueError(f"config for {cls.__name__} has unknown keys {sorted(unknown)}")
+            raise ValueError(f"config for {cls.__name__} has unknown keys {sorted(unknown)}: it was written by "
+                             f"another version of cmitm-kit; train it again with this one (the lessons' "
+                             f"checkpoints: make demo)")
         return cls(**{k: tup(v) for k, v in values.items()})
 
     return Preset(
@@ -227,43 +224,13 @@ def parse_mapping(param: str, value: Any) -> dict:
     return value
 
 
-def check_parameters(**params: Any) -> None:
-    """Check a notebook's or command's parameters up front, before any data is made or read.
-
-    Knows: preset, encoder, dataset (pre-training names), finetune_dataset, epochs, finetune_epochs, batch_size,
-    lr, mask_ratio, fractions, device, checkpoint_every, resume, accum_steps. Unknown names are an error too, so a
-    typo cannot pass unnoticed.
-    """
-    from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS
-
-    for name, value in params.items():
-        if name == "preset":
-            check_choice(name, value, PRESETS)
-        elif name == "encoder":
-            check_choice(name, value, ENCODERS)
-        elif name == "dataset":
-            check_choice(name, value, PRETRAIN_DATASETS)
-        elif name == "finetune_dataset":
-            check_choice(name, value, FINETUNE_DATASETS)
-        elif name in ("epochs", "batch_size", "finetune_epochs", "accum_steps"):
-            check_positive_int(name, value)
-        elif name in ("lr",):
-            check_positive(name, value)
-        elif name == "checkpoint_every":
-            if not (isinstance(value, int) and value >= 0):
-                raise ValueError(f"checkpoint_every={value!r} must be an integer >= 0 (steps between resume "
-                                 f"checkpoints; 0: none between epoch ends)")
-        elif name == "resume":
-            if not isinstance(value, bool):
-                raise ValueError(f"resume={value!r} must be True or False")
-        elif name == "mask_ratio":
-            check_ratio(name, value)
-        elif name == "fractions":
-            for f in value:
-                check_fraction(name, f)
-        elif name == "device":
-            from .train import resolve_device
-
-            resolve_device(value)
-        else:
-            raise TypeError(f"check_parameters got an unknown parameter {name!r}")
+def flat_diff(saved: dict, now: dict, ignore=(), names=("saved", "now")) -> list[str]:
+    """Where two nested JSON-like dicts differ, one "a.b: saved X, now Y" line per dotted key (a key
+    missing on one side reads "(absent)"); keys in ``ignore`` are left out."""
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)])}
+    a, b = flat(saved), flat(now)
+    show = {"a": lambda k: repr(a[k]) if k in a else "(absent)", "b": lambda k: repr(b[k]) if k in b else "(absent)"}
+    return [f"{k}: {names[0]} {show['a'](k)}, {names[1]} {show['b'](k)}" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k, ...) != b.get(k, ...)]

@@ -48,7 +48,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler
+
+from .device import resolve_device
 
 
 def _active() -> bool:
@@ -81,8 +82,6 @@ def init_distributed() -> tuple[int, int, int]:
 
 def local_device(local_rank: int, device: str = "auto") -> torch.device:
     """The device this process trains on: ``cuda:local_rank`` under torchrun on GPUs, else ``device``."""
-    from .train import resolve_device
-
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and get_world_size() > 1:
         dev = torch.device("cuda", local_rank)
@@ -174,13 +173,3 @@ def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = True) -> nn
         index = device.index if device.index is not None else torch.cuda.current_device()
         return DistributedDataParallel(model, device_ids=[index], output_device=index)
     return DistributedDataParallel(model)
-
-
-def distributed_sampler(dataset: Dataset, shuffle: bool = True, seed: int = 0,
-                        drop_last: bool = True) -> DistributedSampler | None:
-    """Each rank's shard of ``dataset`` when world size > 1 (pass it as the DataLoader's sampler,
-    with shuffle=False there), else None (use the DataLoader's own shuffling)."""
-    if get_world_size() == 1:
-        return None
-    return DistributedSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=shuffle,
-                              seed=seed, drop_last=drop_last)

@@ -1,10 +1,23 @@
-"""Metrics: macro AUC / accuracy for fine-tuning, Recall@K for image<->report retrieval."""
+"""Evaluation: metrics (macro AUC, accuracy, Recall@K), embeddings, retrieval, zero-shot, predictions,
+and the linear probe of a frozen E_v."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+from .config import Preset
+from .data.datasets import LabelData, LabelDataset, PairCollate, PairData, PairDataset, collate_labels
+from .device import autocast, resolve_device, seed_everything, to_device
+from .models import build_classifier
+from .text import encode
 
 
 def macro_auc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[str]]:
@@ -166,13 +179,39 @@ def select_prompts(prompts: dict, classes: list[str]) -> dict:
     return {c: prompts[c] for c in classes}
 
 
+def warn_unreadable(paths: list[str], effect: str) -> None:
+    """A warning naming the unreadable images an evaluation met (none: nothing)."""
+    if paths:
+        warnings.warn(f"{len(paths)} unreadable image(s), {effect}: {', '.join(sorted(set(paths)))}", stacklevel=3)
+
+
+@torch.no_grad()
+def embed_batches(loader: DataLoader, embed, dev: torch.device, effect: str) -> list[torch.Tensor]:
+    """The one embedding loop: ``embed(batch, i)`` of every batch ``i`` (a dict with "image" on ``dev``), a
+    tuple of tensors, each concatenated over the batches on the CPU. `LabelDataset` batches become
+    {"image", "labels", "unreadable"}; unreadable images met are named in a warning that says ``effect``."""
+    outs, bad = [], []
+    for i, batch in enumerate(loader):
+        if not isinstance(batch, dict):
+            batch = dict(zip(("image", "labels", "unreadable"), batch))
+        bad += batch.pop("unreadable")
+        with autocast(dev):
+            outs.append([t.float().cpu() for t in embed(to_device(batch, dev), i)])
+    warn_unreadable(bad, effect)
+    return [torch.cat(column) for column in zip(*outs)]
+
+
+def image_loader(images, preset: Preset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Unlabelled images (uint8 (N, H, W) or file paths) in order, eval transform (`LabelDataset`)."""
+    dummy = LabelData(images, np.zeros((len(images), 1), dtype=np.float32))
+    return DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size,
+                      num_workers=num_workers, collate_fn=collate_labels)
+
+
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: list[str], max_len: int, device: str = "auto",
                 batch_size: int = 128) -> torch.Tensor:
     """z_t = h_t(E_t(text)[CLS]) for each text, model in eval mode."""
-    from .text import encode
-    from .train import autocast, resolve_device
-
     dev = resolve_device(device)
     model.to(dev).eval()
     out = []
@@ -183,29 +222,66 @@ def embed_texts(model, tokenizer, texts: list[str], max_len: int, device: str = 
     return torch.cat(out)
 
 
-@torch.no_grad()
-def embed_images(model, images, preset, device: str = "auto", batch_size: int = 128,
+def embed_images(model, images, preset: Preset, device: str = "auto", batch_size: int = 128,
                  mask_ratio: float | None = None) -> torch.Tensor:
     """z_v of images (uint8 (N, H, W) or file paths) as stage 2 sees them: `CMITM.eval_image_embedding`
     at ``mask_ratio`` (default the preset's stage-2 ratio; 0 = unmasked)."""
-    from torch.utils.data import DataLoader
-
-    from .data.datasets import LabelData, LabelDataset, collate_labels
-    from .train import autocast, resolve_device, warn_unreadable
-
     dev = resolve_device(device)
     ratio = preset.stage2.mask_ratio if mask_ratio is None else mask_ratio
     model.to(dev).eval()
-    dummy = LabelData(images, np.zeros((len(images), 1), dtype=np.float32))
-    out, unreadable = [], []
-    loader = DataLoader(LabelDataset(dummy, preset.data, preset.model, train=False), batch_size=batch_size,
-                        collate_fn=collate_labels)
-    for i, (x, _, bad) in enumerate(loader):
-        unreadable += bad
+    embed = lambda b, i: (model.eval_image_embedding(b["image"], ratio, seed=1000 * i),)  # noqa: E731
+    return embed_batches(image_loader(images, preset, batch_size), embed, dev, "each embedded as another image of the set")[0]
+
+
+def embed_pairs(model, tokenizer, data: PairData, preset: Preset, device: str = "auto",
+                batch_size: int = 128, mask_ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_img, z_txt) for every pair, model in eval mode. Images are embedded as stage 2 sees them
+    (`CMITM.eval_image_embedding` at ``mask_ratio``, default the preset's stage-2 ratio; 0 = unmasked)."""
+    dev = resolve_device(device)
+    ratio = preset.stage2.mask_ratio if mask_ratio is None else mask_ratio
+    loader = DataLoader(PairDataset(data, preset.data, preset.model, train=False), batch_size=batch_size,
+                        collate_fn=PairCollate(tokenizer, preset.model.max_len, 0.5))
+    model.to(dev).eval()
+
+    def embed(b, i):
+        return (model.eval_image_embedding(b["image"], ratio, seed=1000 * i),
+                model.text_embedding(b["input_ids"], b["attention_mask"]))
+    z_img, z_txt = embed_batches(loader, embed, dev, "their pairs were replaced by others")
+    return z_img, z_txt
+
+
+def retrieval(model, tokenizer, data: PairData, preset: Preset, device: str = "auto") -> dict:
+    """Recall@1/5/10 both ways on ``data`` (identical report texts count as matches)."""
+    z_img, z_txt = embed_pairs(model, tokenizer, data, preset, device)
+    return recall_at_k(similarity(z_img, z_txt), reports=data.reports)
+
+
+def encoder_features(encoder_state: dict | None, images, preset: Preset, seed: int,
+                     device: str = "auto", batch_size: int = 256) -> np.ndarray:
+    """Frozen E_v features of every image as the fine-tuning classifier pools them (eval transform);
+    ``encoder_state`` None: a random-init E_v, a function of ``seed``."""
+    seed_everything(seed)  # the random-init encoder depends on the seed
+    dev = resolve_device(device)
+    net = build_classifier(preset.model, 1, encoder_state).to(dev).eval()
+    embed = lambda b, i: (net.forward_head(net.forward_features(b["image"]), pre_logits=True),)  # noqa: E731
+    return embed_batches(image_loader(images, preset, batch_size), embed, dev,
+                         "each featurised as another image of the set")[0].numpy()
+
+
+@torch.no_grad()
+def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str,
+            unreadable: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) over a `LabelDataset` loader; unreadable images met are appended to ``unreadable``."""
+    net.eval()
+    labels, scores = [], []
+    for x, y, bad in loader:
+        if unreadable is not None:
+            unreadable += bad
         with autocast(dev):
-            out.append(model.eval_image_embedding(x.to(dev), ratio, seed=1000 * i).float().cpu())
-    warn_unreadable(unreadable, "each embedded as another image of the set")
-    return torch.cat(out)
+            logits = net(x.to(dev)).float()
+        scores.append((torch.sigmoid(logits) if task == "multilabel" else logits.softmax(-1)).cpu())
+        labels.append(y)
+    return torch.cat(labels).numpy(), torch.cat(scores).numpy()
 
 
 def prompt_embeddings(model, tokenizer, prompts: dict, max_len: int, device: str = "auto"):
@@ -244,8 +320,6 @@ def evaluate_model(model, tokenizer, preset, pairs=None, labelled=None, dataset:
                    device: str = "auto") -> dict:
     """Held-out retrieval (Recall@1/5/10 both ways) on ``pairs`` (a PairData) and zero-shot AUC on
     ``labelled`` (a FinetuneData: its test split, its classes, prompts from ``PROMPTS[dataset]``)."""
-    from .train import retrieval
-
     if pairs is None and labelled is None:
         raise ValueError("nothing to evaluate: pass held-out pairs (retrieval) and/or labelled data (zero-shot)")
     out = {}
@@ -267,3 +341,46 @@ def format_evaluation(results: dict[str, dict]) -> str:
     for name, r in results.items():
         lines.append(f"{name:<{width}}" + "".join(f"{r[k]:>15.3f}" for k in keys))
     return "\n".join(lines)
+
+
+def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metric: str,
+                 cs=(0.01, 0.1, 1.0, 10.0)) -> dict:
+    """Logistic regression per class on standardised features; C picked on validation.
+
+    Solved with Newton-Cholesky (exact Hessian; a few iterations for a few hundred features) on float64
+    features: the Hessian of collinear float32 features is too ill-conditioned for a float32 Cholesky.
+    """
+    train_x, val_x, test_x = (np.asarray(x, dtype=np.float64) for x in (train_x, val_x, test_x))  # Cholesky needs it
+    scaler = StandardScaler().fit(train_x)
+    tx, vx, sx = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
+
+    def fit_predict(c):
+        if task == "multiclass":
+            clf = LogisticRegression(C=c, solver="newton-cholesky", max_iter=200).fit(tx, train_y.argmax(1))
+            if len(clf.classes_) < train_y.shape[1]:  # a class missing from a tiny label fraction
+                return lambda x: _fill_proba(clf, x, train_y.shape[1])
+            return clf.predict_proba
+        cols = []
+        for k in range(train_y.shape[1]):
+            y = train_y[:, k]
+            if y.min() == y.max():  # one label value in the training fraction: a constant score
+                cols.append(lambda x, v=float(y[0]): np.full(len(x), v))
+            else:
+                m = LogisticRegression(C=c, solver="newton-cholesky", max_iter=200).fit(tx, y)
+                cols.append(lambda x, m=m: m.predict_proba(x)[:, 1])
+        return lambda x: np.stack([f(x) for f in cols], axis=1)
+
+    best = None
+    for c in cs:
+        predict = fit_predict(c)
+        val = score(metric, val_y, predict(vx))
+        if best is None or val > best[0]:
+            best = (val, c, predict)
+    val, c, predict = best
+    return {"val": float(val), "test": float(score(metric, test_y, predict(sx))), "C": c}
+
+
+def _fill_proba(clf, x, n_classes):
+    proba = np.zeros((len(x), n_classes))
+    proba[:, clf.classes_] = clf.predict_proba(x)
+    return proba

@@ -26,9 +26,15 @@ import json
 import sys
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
 
+from .checkpoint import load_checkpoint
 from .paths import resolve
 
 TIMM_NAMES = {192: "vit_tiny_patch16_224", 384: "vit_small_patch16_224", 768: "vit_base_patch16_224",
@@ -38,8 +44,6 @@ PRESET_NAMES = {"paper": "vit_base_patch16_224", "tiny": "vit_tiny_patch16_224"}
 
 def timm_kwargs(vit: nn.Module) -> dict:
     """The `timm.create_model` keyword arguments that rebuild ``vit``, read from the module itself."""
-    from timm.models.vision_transformer import VisionTransformer
-
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"E_v is a {type(vit).__name__}, not a timm VisionTransformer (the opt-in encoder='cnn' "
                          f"has no timm equivalent); export works for checkpoints with the paper's ViT encoder")
@@ -59,8 +63,6 @@ def timm_kwargs(vit: nn.Module) -> dict:
 def check_timm_rebuild(vit: nn.Module, architecture: str, kwargs: dict, state: dict) -> float:
     """Build ``architecture`` with ``kwargs`` in timm, load ``state`` strictly, and return the largest
     difference of the pooled features from ``vit``'s on a random image; ValueError if they differ."""
-    import timm
-
     rebuilt = timm.create_model(architecture, pretrained=False, **kwargs).eval()
     rebuilt.load_state_dict(state, strict=True)
     size = kwargs["img_size"]
@@ -78,8 +80,6 @@ def check_timm_rebuild(vit: nn.Module, architecture: str, kwargs: dict, state: d
 
 def export_image_encoder(vit: nn.Module, preset, out: Path) -> Path:
     """``out/model.safetensors`` + ``out/config.json`` (architecture, kwargs, input normalisation)."""
-    from safetensors.torch import save_file
-
     kwargs = timm_kwargs(vit)
     architecture = PRESET_NAMES.get(preset.name) or TIMM_NAMES.get(kwargs["embed_dim"], "vit_base_patch16_224")
     state = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items() if not k.startswith("head.")}
@@ -99,9 +99,6 @@ def export_image_encoder(vit: nn.Module, preset, out: Path) -> Path:
 def hf_tokenizer(tokenizer, max_len: int):
     """The kit's `tokenizers.Tokenizer` as a transformers fast tokenizer (BERT special tokens), with
     truncation and padding left to the caller, as for any transformers tokenizer."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer.from_str(tokenizer.to_str())
     tok.no_truncation()
     tok.no_padding()
@@ -138,8 +135,6 @@ cls = bert(**enc).last_hidden_state[:, 0]  # the report feature CMITM projects w
 
 def export(checkpoint: str | Path, out: str | Path) -> dict:
     """Write ``out/image_encoder`` and ``out/text_encoder`` from a checkpoint folder; returns the paths."""
-    from .checkpoint import load_checkpoint
-
     model, tokenizer, preset, _ = load_checkpoint(checkpoint)
     model.eval()
     out = resolve(out)

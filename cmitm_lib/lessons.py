@@ -8,13 +8,17 @@ runs on its own in a fresh clone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Preset, get_preset
-from .data import load_pretrain
+from .config import (ENCODERS, PRESETS, Preset, check_choice, check_fraction, check_positive, check_positive_int,
+                     check_ratio, get_preset)
+from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS, load_pretrain
+from .device import resolve_device
 from .paths import resolve
 from .text import train_tokenizer
-from .train import build_model, pretrain, retrieval
+from .evaluate import retrieval
+from .train import build_model, pretrain
 
 STAGES = ("stage1", "stage2")
 
@@ -65,3 +69,69 @@ def load_or_pretrain(path: str | Path, stage: str, preset: str = "tiny", *, stag
     meta = train_stage(stage, model, tokenizer, p, path, seed=seed, device=device)
     log(f"saved {path}")
     return model.cpu(), tokenizer, p, meta
+
+
+def format_table(rows: list[dict], timings: dict | None = None) -> str:
+    """The fine-tuning table the demo and lesson 4 print: one row per initialisation."""
+    metric = rows[0]["metric"]
+    lines = [f"Fine-tuning on {rows[0]['dataset']}, test {metric.upper()} of the model chosen on validation:",
+             f"{'initialisation':<26}{'labels':>8}{'images':>8}{'val ' + metric:>10}{'test ' + metric:>10}"]
+    for r in rows:
+        lines.append(f"{r['init']:<26}{r['fraction']:>8.0%}{r['n_train']:>8}"
+                     f"{r[f'val_{metric}']:>10.3f}{r[f'test_{metric}']:>10.3f}")
+    if timings:
+        lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return "\n".join(lines)
+
+
+def closing_line(rows: list[dict]) -> str:
+    """One sentence on what the demo's table shows: CMITM against random init and against stage 1 only."""
+    metric = rows[0]["metric"]
+    test = {r["init"]: r[f"test_{metric}"] for r in rows}
+    cmitm, random_init = test["CMITM"], test["random"]
+    stage1 = next(v for k, v in test.items() if k.startswith("stage 1"))
+    diff = f"{cmitm - random_init:+.3f} test {metric.upper()}"
+    line = f"CMITM init beats random init by {diff}" if cmitm > random_init else \
+        f"CMITM init does not beat random init ({diff})"
+    if cmitm > stage1:
+        return line + f" and stage 1 only by {cmitm - stage1:+.3f}."
+    return line + (f"; stage 1 only scores {stage1 - cmitm:+.3f} above CMITM on this seed, i.e. stage 2's alignment "
+                   f"did not add to what reconstruction taught E_v here.")
+
+
+def check_parameters(**params: Any) -> None:
+    """Check a notebook's or command's parameters up front, before any data is made or read.
+
+    Knows: preset, encoder, dataset (pre-training names), finetune_dataset, epochs, finetune_epochs, batch_size,
+    lr, mask_ratio, fractions, device, checkpoint_every, resume, accum_steps. Unknown names are an error too, so a
+    typo cannot pass unnoticed.
+    """
+    for name, value in params.items():
+        if name == "preset":
+            check_choice(name, value, PRESETS)
+        elif name == "encoder":
+            check_choice(name, value, ENCODERS)
+        elif name == "dataset":
+            check_choice(name, value, PRETRAIN_DATASETS)
+        elif name == "finetune_dataset":
+            check_choice(name, value, FINETUNE_DATASETS)
+        elif name in ("epochs", "batch_size", "finetune_epochs", "accum_steps"):
+            check_positive_int(name, value)
+        elif name in ("lr",):
+            check_positive(name, value)
+        elif name == "checkpoint_every":
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"checkpoint_every={value!r} must be an integer >= 0 (steps between resume "
+                                 f"checkpoints; 0: none between epoch ends)")
+        elif name == "resume":
+            if not isinstance(value, bool):
+                raise ValueError(f"resume={value!r} must be True or False")
+        elif name == "mask_ratio":
+            check_ratio(name, value)
+        elif name == "fractions":
+            for f in value:
+                check_fraction(name, f)
+        elif name == "device":
+            resolve_device(value)
+        else:
+            raise TypeError(f"check_parameters got an unknown parameter {name!r}")

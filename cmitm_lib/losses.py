@@ -9,14 +9,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather
 
 
 def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
     """Concatenate ``z`` from every rank, keeping the gradient path to each rank's own rows."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    from torch.distributed.nn.functional import all_gather
-
     return torch.cat(all_gather(z), dim=0)
 
 

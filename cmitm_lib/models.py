@@ -8,14 +8,17 @@ with ``ids_restore``.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc
+from safetensors.torch import load_file
+from timm.models._manipulate import adapt_input_conv
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn, global_pool_nlc
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from .config import ENCODERS, GLOBAL_POOLS, REP_INITS, ModelConfig, check_choice
+from .config import ENCODERS, GLOBAL_POOLS, ModelConfig, check_choice
 from .losses import info_nce, masked_patch_mse, masked_token_ce
 
 
@@ -264,7 +267,6 @@ class CMITM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        check_rep_init(cfg)
         grid = cfg.img_size // cfg.patch_size
         target_p = cfg.patch_size * cfg.target_scale
         self.image_encoder = build_encoder(cfg)  # E_v
@@ -372,21 +374,9 @@ def set_trainable(model: CMITM, stage: str) -> list[str]:
     return names
 
 
-def check_rep_init(cfg: ModelConfig) -> None:
-    """Refuse, when the model is built, a ``rep_init`` that `copy_decoder_embedding` could not honour."""
-    check_choice("rep_init", cfg.rep_init, REP_INITS)
-    if cfg.rep_init != "decoder":
-        return
-    if cfg.rep_dim != cfg.dec_dim or cfg.rep_depth > cfg.dec_depth or cfg.rep_heads != cfg.dec_heads:
-        raise ValueError(f"rep_init='decoder' needs rep_dim == dec_dim, rep_depth <= dec_depth and rep_heads == "
-                         f"dec_heads (D_r {cfg.rep_dim} wide, {cfg.rep_depth} blocks x {cfg.rep_heads} heads; D_v "
-                         f"{cfg.dec_dim}, {cfg.dec_depth} x {cfg.dec_heads}); change them or use rep_init='embedding'")
-
-
 @torch.no_grad()
 def copy_decoder_embedding(model: CMITM) -> bool:
-    """Give D_r the token embedding and mask token that stage 1 trained in D_v (``rep_init="decoder"``:
-    also D_v's first ``rep_depth`` blocks and its norm).
+    """Give D_r the token embedding and mask token that stage 1 trained in D_v.
 
     In the CMITM code D_r reads D_v's embedded tokens (shared ``decoder_embed`` and ``mask_token``),
     so stage 2 starts from an input embedding trained by reconstruction. Here the two decoders own
@@ -398,10 +388,6 @@ def copy_decoder_embedding(model: CMITM) -> bool:
         return False
     model.rep_decoder.embed.load_state_dict(model.image_decoder.embed.state_dict())
     model.rep_decoder.mask_token.copy_(model.image_decoder.mask_token)
-    if cfg.rep_init == "decoder":
-        for mine, theirs in zip(model.rep_decoder.blocks, model.image_decoder.blocks):
-            mine.load_state_dict(theirs.state_dict())
-        model.rep_decoder.norm.load_state_dict(model.image_decoder.norm.state_dict())
     return True
 
 
@@ -428,12 +414,6 @@ def imagenet_encoder_state(cfg: ModelConfig, path: str, log=print) -> dict:
     frozen). A deeper checkpoint gives its first ``cfg.depth`` blocks (said in the log); width and
     heads must match. The classification head is dropped.
     """
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-    from timm.models._manipulate import adapt_input_conv
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
     if cfg.encoder != "vit":
         raise ValueError(f"ImageNet weights are for the ViT encoder; this preset has encoder={cfg.encoder!r}")
     file = Path(path)

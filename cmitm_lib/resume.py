@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset, Sampler
 
+from . import distributed
+from .config import flat_diff
 from .paths import resolve
 
 FILE = "resume.safetensors"
@@ -213,3 +216,86 @@ def load(path: str | Path, model: torch.nn.Module, optimizer, scheduler) -> dict
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(tensors, state["rng"])
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# One run's checkpoints: start or resume, write only finite states, name the last good one
+# ---------------------------------------------------------------------------------------------
+class Checkpointer:
+    """The resume checkpoints of one pre-training run (``checkpoint_dir`` None: none are written).
+
+    ``run`` is the JSON description a resumed run must match (stage, seed, processes, data size, stage
+    config; only the lr may differ). ``last_good`` is the newest checkpoint with finite weights, named
+    in the message of a non-finite loss.
+    """
+
+    def __init__(self, checkpoint_dir, every: int, run: dict, model, optimizer, scheduler, per_epoch: int, total: int):
+        self.dir, self.every, self.run = checkpoint_dir, every, run
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.per_epoch, self.total = per_epoch, total
+        self.last_good: Path | None = None
+
+    def start(self, resume: bool | str | Path, lr: float) -> tuple[list, int, int, dict, float, list]:
+        """(history, epoch, batch, the epoch's running sums, its seconds, its unreadable images) to start
+        from: a resumed checkpoint's, or a fresh run's (a warning when it will overwrite a checkpoint)."""
+        if resume:
+            self.last_good = find(self.dir if resume is True else resume)
+            state = load(self.last_good, self.model, self.optimizer, self.scheduler)
+            check_same_run(state["run"], self.run, self.last_good)
+            if state["run"]["config"]["lr"] != lr:
+                set_peak_lr(self.optimizer, self.scheduler, lr)
+            rank, world = distributed.get_rank(), distributed.get_world_size()
+            return (state["history"], *state["position"], state["sums"][rank], state["seconds"],
+                    state.get("unreadable", [[]] * world)[rank])
+        if self.dir is not None and checkpoint_path(self.dir).exists():
+            warnings.warn(f"{checkpoint_path(self.dir)} exists and will be overwritten by this new run; pass "
+                          f"resume=True (--resume) to continue it instead", stacklevel=3)
+        return [], 0, 0, {}, 0.0, []
+
+    def due(self, step: int, done: int) -> bool:
+        """A mid-epoch checkpoint after this step (every ``every`` steps, not at an epoch's end)."""
+        return self.dir is not None and bool(self.every) and step % self.every == 0 and done < self.per_epoch
+
+    def write(self, epoch: int, done: int, sums: dict, seconds: float, step: int, bad: list[str],
+              history: list[dict]) -> Path | None:
+        """Checkpoint after ``done`` batches of ``epoch`` (``step`` in all); only finite weights."""
+        if self.dir is None:
+            return None
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise FloatingPointError(self.nonfinite("the weights", epoch + 1, done, step))
+        position = [epoch, done] if done < self.per_epoch else [epoch + 1, 0]
+        keys = list(sums)  # every rank's running sums of the epoch, so that its means stay exact
+        sums = [dict(zip(keys, row)) for row in distributed.all_gather_floats([sums[key] for key in keys])]
+        bad = distributed.all_gather_objects(bad)  # every rank's unreadable images of the epoch so far
+        path = checkpoint_path(self.dir)
+        if distributed.is_main():
+            save(path, self.model, self.optimizer, self.scheduler,
+                 {"run": self.run, "position": position, "step": step, "sums": sums, "seconds": seconds,
+                  "history": history, "unreadable": bad})
+        self.last_good = path
+        return path
+
+    def nonfinite(self, what: str, epoch: int, batch: int, step: int) -> str:
+        """The FloatingPointError message; epoch, batch and step count from 1."""
+        lr = self.scheduler.get_last_lr()[0]
+        where = (f"The last good checkpoint is {self.last_good}: resume from it with a lower lr "
+                 f"(pretrain(..., resume=..., lr=...); cmitm pretrain ... --resume --lr ...)" if self.last_good else
+                 "No checkpoint was written before it (pass checkpoint_dir / --checkpoint-every to keep one)")
+        return (f"{self.run['stage']}: {what} became non-finite at epoch {epoch}, step {step} of {self.total} "
+                f"(batch {batch} of {self.per_epoch} in the epoch), lr {lr:.4g}. Lower lr or check the data. {where}.")
+
+
+def check_same_run(saved: dict, now: dict, path) -> None:
+    """Resuming continues the same run: same stage, seed, processes, data size and stage config (lr aside)."""
+    diff = flat_diff(saved, now, ignore=("config.lr",), names=("checkpoint", "now"))
+    if diff:
+        raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(diff)}); resume with the "
+                         f"same settings (only lr may change), or start a new run in another checkpoint_dir")
+
+
+def set_peak_lr(optimizer, scheduler, lr: float) -> None:
+    """A new peak lr for the rest of a resumed run: the same warmup-cosine curve, scaled."""
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

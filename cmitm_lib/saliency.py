@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import regions, synth
 from .data.datasets import classifier_view
+from .evaluate import embed_texts
 
 METHODS = ("grad_rollout", "rollout")
 
@@ -133,8 +135,6 @@ def similarity_saliency(model, images: torch.Tensor, direction: torch.Tensor, me
 def finding_direction(model, tokenizer, prompts: tuple, max_len: int) -> torch.Tensor:
     """positive - negated prompt embedding (each the normalised mean of its sentences): the zero-shot
     score's direction in the joint space. ``prompts`` is one entry of `evaluate.PROMPTS[...]`."""
-    from .evaluate import embed_texts
-
     dev = str(next(model.parameters()).device)
     pos, neg = (F.normalize(F.normalize(embed_texts(model, tokenizer, list(p), max_len, dev), dim=-1).mean(0), dim=0)
                 for p in prompts)
@@ -183,8 +183,6 @@ def region_overlap(maps: list[np.ndarray], masks: list[np.ndarray]) -> dict:
 
 def synth_cases(seed: int, domain: str, start: int, n: int, size: int = 128, level: str = "lesson") -> dict:
     """SynthCXR cases start .. start + n - 1 with their images (uint8), labels and finding regions."""
-    from .data import regions, synth
-
     batch = synth.generate_cases(n, seed=seed, size=size, domain=domain, start=start, level=level)
     masks = [regions.case_regions(seed, start + i, size, domain, level=level) for i in range(n)]
     return {"images": batch.images, "labels": batch.labels, "regions": masks, "findings": list(synth.FINDINGS),

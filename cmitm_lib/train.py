@@ -11,9 +11,7 @@ import copy
 import dataclasses
 import json
 import math
-import random
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,34 +26,11 @@ from . import resume as resume_lib
 from .config import Preset, check_choice, check_positive, check_positive_int, check_ratio
 from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset, collate_labels
 from .data.fractions import fraction_indices
-from .evaluate import recall_at_k, score, similarity
+from .device import autocast, resolve_device, seed_everything, to_device
+from .evaluate import predict, score
 from .models import CMITM, build_classifier, copy_decoder_embedding, set_trainable
 
 STAGES = ("stage1", "stage2", "joint", "mae")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise ValueError(f"device={device!r} is not valid; choose 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but no CUDA device is available; use device='auto' or 'cpu'")
-    return torch.device(device)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def build_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float, betas=(0.9, 0.95)):
@@ -93,10 +68,6 @@ def build_model(preset: Preset, tokenizer, seed: int | None = None) -> CMITM:
     return CMITM(preset.model)
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str, *, epochs: int | None = None,
              batch_size: int | None = None, lr: float | None = None, mask_ratio: float | None = None,
              device: str = "auto", seed: int = 0, num_workers: int = 0, progress: bool = True,
@@ -130,7 +101,44 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     (``"unreadable_images"``). ``on_unreadable="stop"`` raises `UnreadableImageError` naming the first one.
     """
     check_choice("stage", stage, STAGES)
-    cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)  # mae, joint: stage 1's
+    cfg = stage_config(preset, stage, epochs, batch_size, lr, mask_ratio)
+    check_run_options(len(data), cfg.batch_size, accum_steps, checkpoint_dir, checkpoint_every, resume)
+    rank, world, local_rank = distributed.init_distributed()
+    dev = distributed.local_device(local_rank, device)
+    distributed.per_rank_batch(cfg.batch_size // accum_steps, world)  # checks that the micro-batch splits evenly
+    seed_everything(seed + rank)
+    per_epoch = len(data) // cfg.batch_size  # optimizer steps per epoch
+    loader, sampler = pair_loader(data, tokenizer, preset, cfg, seed, accum_steps, per_epoch, num_workers,
+                                  on_unreadable, dev)
+    model.to(dev).train()
+    set_trainable(model, stage)  # before wrap_ddp: DDP registers the trainable parameters
+    net = distributed.wrap_ddp(model, dev)
+    opt = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, cfg.betas)
+    total = cfg.epochs * per_epoch
+    sched = warmup_cosine(opt, total, int(cfg.warmup * total))
+    meta = json.loads(json.dumps({"stage": stage, "seed": seed, "world_size": world, "pairs": len(data),
+                                  "accum_steps": accum_steps, "config": dataclasses.asdict(cfg)}))
+    ckpt = resume_lib.Checkpointer(checkpoint_dir, checkpoint_every, meta, model, opt, sched, per_epoch, total)
+    history, epoch0, batch0, sums, seconds, bad = ckpt.start(resume, cfg.lr)
+    run = PretrainRun(net, opt, sched, loader, sampler, ckpt, stage, cfg, seed, rank, world, accum_steps, per_epoch, dev)
+    step = epoch0 * per_epoch + batch0
+    bar = tqdm(total=total, initial=step, desc=f"{stage}", disable=not (progress and distributed.is_main()))
+    for epoch in range(epoch0, cfg.epochs):
+        if epoch > epoch0:
+            batch0, sums, seconds, bad = 0, {}, 0.0, []
+        entry, step = train_one_epoch(run, epoch, batch0, step, sums, seconds, bad, history, bar)
+        history.append(entry)
+        report_unreadable(f"{stage} epoch {epoch + 1}", entry["unreadable_images"])
+        ckpt.write(epoch, per_epoch, {}, 0.0, step, [], history)
+    bar.close()
+    if stage == "stage1":
+        copy_decoder_embedding(model)
+    return history
+
+
+def stage_config(preset: Preset, stage: str, epochs=None, batch_size=None, lr=None, mask_ratio=None):
+    """The preset's config of ``stage`` (mae and joint: stage 1's) with the given values in place of its own."""
+    cfg = copy.deepcopy(preset.stage2 if stage == "stage2" else preset.stage1)
     cfg.epochs = cfg.epochs if epochs is None else epochs
     cfg.batch_size = cfg.batch_size if batch_size is None else batch_size
     cfg.lr = cfg.lr if lr is None else lr
@@ -139,11 +147,18 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     check_positive_int("batch_size", cfg.batch_size)
     check_positive("lr", cfg.lr)
     check_ratio("mask_ratio", cfg.mask_ratio, allow_zero=(stage != "stage1"))
-    if len(data) < cfg.batch_size:
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(data)} training pairs")
+    return cfg
+
+
+def check_run_options(n_pairs: int, batch_size: int, accum_steps: int, checkpoint_dir, checkpoint_every: int,
+                      resume) -> None:
+    """Refuse a batch larger than the data, accumulation that does not divide it, and checkpoint options
+    that cannot work together, each with the fix."""
+    if n_pairs < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {n_pairs} training pairs")
     check_positive_int("accum_steps", accum_steps)
-    if cfg.batch_size % accum_steps:
-        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by accum_steps={accum_steps}; "
+    if batch_size % accum_steps:
+        raise ValueError(f"batch_size={batch_size} is not divisible by accum_steps={accum_steps}; "
                          f"choose a multiple of {accum_steps}")
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 0):
         raise ValueError(f"checkpoint_every={checkpoint_every!r} must be an integer >= 0 "
@@ -154,105 +169,87 @@ def pretrain(model: CMITM, tokenizer, data: PairData, preset: Preset, stage: str
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True continues the checkpoint in checkpoint_dir; pass checkpoint_dir "
                          "(or resume=<path of a resume.safetensors>)")
-    rank, world, local_rank = distributed.init_distributed()
-    dev = distributed.local_device(local_rank, device)
-    k = accum_steps
-    distributed.per_rank_batch(cfg.batch_size // k, world)  # checks that the micro-batch splits evenly
-    seed_everything(seed + rank)
-    # data order from (seed, epoch); crops, word masks, image masks and dropout seeded per micro-batch
-    per_epoch = len(data) // cfg.batch_size  # optimizer steps per epoch
+
+
+def pair_loader(data: PairData, tokenizer, preset: Preset, cfg, seed: int, accum_steps: int, per_epoch: int,
+                num_workers: int, on_unreadable: str, dev: torch.device):
+    """(loader, sampler) of micro-batches: the data order from (seed, epoch); crops and word masks seeded
+    per micro-batch (`resume.SeededBatches`), so a resumed run sees the same batches."""
+    k, rank, world = accum_steps, distributed.get_rank(), distributed.get_world_size()
     sampler = resume_lib.EpochBatches(len(data), cfg.batch_size // k, seed, rank, world, batches=per_epoch * k)
     dataset = resume_lib.SeededBatches(PairDataset(data, preset.data, preset.model, on_unreadable=on_unreadable,
                                                    seed=seed),
                                        PairCollate(tokenizer, preset.model.max_len, cfg.text_mask_ratio))
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=resume_lib.as_is, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", persistent_workers=num_workers > 0)
-    model.to(dev).train()
-    set_trainable(model, stage)  # before wrap_ddp: DDP registers the trainable parameters
-    net = distributed.wrap_ddp(model, dev)
-    opt = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, cfg.betas)
-    total = cfg.epochs * per_epoch
-    sched = warmup_cosine(opt, total, int(cfg.warmup * total))
-    run = json.loads(json.dumps({"stage": stage, "seed": seed, "world_size": world, "pairs": len(data),
-                                 "accum_steps": k, "config": dataclasses.asdict(cfg)}))
-    history, epoch0, batch0, sums0, seconds0, last_good, bad0 = [], 0, 0, {}, 0.0, None, []
-    if resume:
-        last_good = resume_lib.find(checkpoint_dir if resume is True else resume)
-        state = resume_lib.load(last_good, model, opt, sched)
-        _check_same_run(state["run"], run, last_good)
-        if state["run"]["config"]["lr"] != cfg.lr:
-            _set_peak_lr(opt, sched, cfg.lr)
-        history, (epoch0, batch0) = state["history"], state["position"]
-        sums0, seconds0 = state["sums"][rank], state["seconds"]
-        bad0 = state.get("unreadable", [[]] * world)[rank]
-    elif checkpoint_dir is not None and resume_lib.checkpoint_path(checkpoint_dir).exists():
-        warnings.warn(f"{resume_lib.checkpoint_path(checkpoint_dir)} exists and will be overwritten by this new "
-                      f"run; pass resume=True (--resume) to continue it instead", stacklevel=2)
+    return loader, sampler
 
-    def write(epoch: int, done: int, sums: dict, seconds: float, step: int, bad: list[str]) -> Path:
-        """Checkpoint after ``done`` batches of ``epoch`` (``step`` in all); only finite weights."""
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise FloatingPointError(_nonfinite(stage, "the weights", epoch + 1, done, per_epoch, step, total,
-                                                sched.get_last_lr()[0], last_good))
-        position = [epoch, done] if done < per_epoch else [epoch + 1, 0]
-        keys = list(sums)  # every rank's running sums of the epoch, so that its means stay exact
-        sums = [dict(zip(keys, row)) for row in distributed.all_gather_floats([sums[key] for key in keys])]
-        bad = distributed.all_gather_objects(bad)  # every rank's unreadable images of the epoch so far
-        path = resume_lib.checkpoint_path(checkpoint_dir)
-        if distributed.is_main():
-            resume_lib.save(path, model, opt, sched, {"run": run, "position": position, "step": step,
-                                                      "sums": sums, "seconds": seconds, "history": history,
-                                                      "unreadable": bad})
-        return path
 
-    step = epoch0 * per_epoch + batch0
-    bar = tqdm(total=total, initial=step, desc=f"{stage}", disable=not (progress and distributed.is_main()))
-    for epoch in range(epoch0, cfg.epochs):
-        b = batch0 if epoch == epoch0 else 0
-        sums, seconds = (dict(sums0), seconds0) if epoch == epoch0 else ({}, 0.0)
-        bad = list(bad0) if epoch == epoch0 else []  # unreadable images met in this epoch
-        sampler.set_epoch(epoch, start=b * k)
-        t0 = time.perf_counter()
-        for i, batch in enumerate(loader, start=b * k):  # i: micro-batch of the epoch, b * k + i % k
-            torch.manual_seed(resume_lib.derive_seed(seed, epoch, i, rank, 1))  # image masks, dropout
-            last = i % k == k - 1  # the step's last micro-batch: DDP averages the gradients, AdamW steps
-            if i % k == 0:
-                opt.zero_grad(set_to_none=True)
-            bad += batch.pop("unreadable", [])
-            batch = _to(batch, dev)
-            with contextlib.nullcontext() if last or world == 1 else net.no_sync():
-                with autocast(dev):
-                    out = net(batch, stage, cfg.mask_ratio, cfg.temperature)
-                if not torch.isfinite(out["loss"]):
-                    micro = f", micro-batch {i % k + 1} of {k}" if k > 1 else ""
-                    raise FloatingPointError(_nonfinite(stage, f"the loss ({out['loss'].item()}{micro})", epoch + 1,
-                                                        b + 1, per_epoch, step + 1, total, sched.get_last_lr()[0],
-                                                        last_good))
-                (out["loss"] / k).backward()
-            for key, v in out.items():
-                sums[key] = sums.get(key, 0.0) + v.item()
-            if not last:
-                continue
-            opt.step()
-            sched.step()
-            b, step = b + 1, step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss'].item():.3f}")
-            if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0 and b < per_epoch:
-                last_good = write(epoch, b, sums, seconds + time.perf_counter() - t0, step, bad)
-        seconds += time.perf_counter() - t0
-        bad = sorted({path for paths in distributed.all_gather_objects(bad) for path in paths})
-        history.append({"epoch": epoch + 1,
-                        **{key: distributed.all_reduce_mean(v / (per_epoch * k)) for key, v in sums.items()},
-                        "lr": sched.get_last_lr()[0], "seconds": seconds,
-                        "samples_per_s": per_epoch * cfg.batch_size / seconds, "unreadable_images": bad})
-        report_unreadable(f"{stage} epoch {epoch + 1}", bad)
-        if checkpoint_dir is not None:
-            last_good = write(epoch, per_epoch, {}, 0.0, step, [])
-    bar.close()
-    if stage == "stage1":
-        copy_decoder_embedding(model)
-    return history
+@dataclasses.dataclass
+class PretrainRun:
+    """What every epoch of one pre-training run shares."""
+    net: nn.Module  # the model, DDP-wrapped under torchrun
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loader: DataLoader
+    sampler: resume_lib.EpochBatches
+    ckpt: resume_lib.Checkpointer
+    stage: str
+    cfg: object  # the stage's config (`stage_config`)
+    seed: int
+    rank: int
+    world: int
+    k: int  # micro-batches per optimizer step (gradient accumulation)
+    per_epoch: int  # optimizer steps per epoch
+    dev: torch.device
+
+
+def train_one_epoch(run: PretrainRun, epoch: int, b: int, step: int, sums: dict, seconds: float, bad: list[str],
+                    history: list[dict], bar) -> tuple[dict, int]:
+    """One epoch from its batch ``b`` (a resumed run starts mid-epoch with the epoch's running ``sums``,
+    ``seconds`` and unreadable images ``bad``); returns (the epoch's history entry, the global step)."""
+    k = run.k
+    run.sampler.set_epoch(epoch, start=b * k)
+    t0 = time.perf_counter()
+    for i, batch in enumerate(run.loader, start=b * k):  # i: micro-batch of the epoch, b * k + i % k
+        torch.manual_seed(resume_lib.derive_seed(run.seed, epoch, i, run.rank, 1))  # image masks, dropout
+        last = i % k == k - 1  # the step's last micro-batch: DDP averages the gradients, AdamW steps
+        if i % k == 0:
+            run.opt.zero_grad(set_to_none=True)
+        bad += batch.pop("unreadable", [])
+        out = forward_backward(run, to_device(batch, run.dev), last, (epoch + 1, b + 1, step + 1, i % k + 1))
+        for key, v in out.items():
+            sums[key] = sums.get(key, 0.0) + v.item()
+        if not last:
+            continue
+        run.opt.step()
+        run.sched.step()
+        b, step = b + 1, step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss'].item():.3f}")
+        if run.ckpt.due(step, b):
+            run.ckpt.write(epoch, b, sums, seconds + time.perf_counter() - t0, step, bad, history)
+    seconds += time.perf_counter() - t0
+    bad = sorted({path for paths in distributed.all_gather_objects(bad) for path in paths})
+    return {"epoch": epoch + 1,
+            **{key: distributed.all_reduce_mean(v / (run.per_epoch * k)) for key, v in sums.items()},
+            "lr": run.sched.get_last_lr()[0], "seconds": seconds,
+            "samples_per_s": run.per_epoch * run.cfg.batch_size / seconds, "unreadable_images": bad}, step
+
+
+def forward_backward(run: PretrainRun, batch: dict, last: bool, where: tuple[int, int, int, int]) -> dict:
+    """One micro-batch: the stage's losses (bf16 on CUDA) and their gradients, divided by k; DDP syncs
+    gradients on the step's last micro-batch only. A non-finite loss raises FloatingPointError naming
+    ``where`` (epoch, batch, step, micro-batch, from 1) and the last good checkpoint."""
+    with contextlib.nullcontext() if last or run.world == 1 else run.net.no_sync():
+        with autocast(run.dev):
+            out = run.net(batch, run.stage, run.cfg.mask_ratio, run.cfg.temperature)
+        if not torch.isfinite(out["loss"]):
+            epoch, b, step, micro = where
+            micro = f", micro-batch {micro} of {run.k}" if run.k > 1 else ""
+            raise FloatingPointError(run.ckpt.nonfinite(f"the loss ({out['loss'].item()}{micro})", epoch, b, step))
+        (out["loss"] / run.k).backward()
+    return out
 
 
 def report_unreadable(where: str, paths: list[str]) -> None:
@@ -260,85 +257,6 @@ def report_unreadable(where: str, paths: list[str]) -> None:
     if paths and distributed.is_main():
         tqdm.write(f"{where}: skipped {len(paths)} unreadable image(s), another sample took each one's place "
                    f"(on_unreadable='stop' / --stop-on-unreadable stops at the first): " + ", ".join(paths))
-
-
-def _nonfinite(stage, what, epoch, batch, per_epoch, step, total, lr, last_good) -> str:
-    """The FloatingPointError message; epoch, batch and step count from 1."""
-    where = (f"The last good checkpoint is {last_good}: resume from it with a lower lr "
-             f"(pretrain(..., resume=..., lr=...); cmitm pretrain ... --resume --lr ...)" if last_good else
-             "No checkpoint was written before it (pass checkpoint_dir / --checkpoint-every to keep one)")
-    return (f"{stage}: {what} became non-finite at epoch {epoch}, step {step} of {total} "
-            f"(batch {batch} of {per_epoch} in the epoch), lr {lr:.4g}. Lower lr or check the data. {where}.")
-
-
-def _check_same_run(saved: dict, now: dict, path) -> None:
-    """Resuming continues the same run: same stage, seed, processes, data size and stage config (lr aside)."""
-    def flat(d, prefix=""):
-        return {k2: v2 for k, v in d.items()
-                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)])}
-    saved, now = flat(saved), flat(now)
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-            if k != "config.lr" and saved.get(k) != now.get(k)]
-    if diff:
-        raise ValueError(f"checkpoint {path} was written by another run ({'; '.join(diff)}); resume with the "
-                         f"same settings (only lr may change), or start a new run in another checkpoint_dir")
-
-
-def _set_peak_lr(opt, sched, lr: float) -> None:
-    """A new peak lr for the rest of a resumed run: the same warmup-cosine curve, scaled."""
-    sched.base_lrs = [lr] * len(sched.base_lrs)
-    for group, factor in zip(opt.param_groups, sched.lr_lambdas):
-        group["initial_lr"], group["lr"] = lr, lr * factor(sched.last_epoch)
-    sched._last_lr = [group["lr"] for group in opt.param_groups]
-
-
-@torch.no_grad()
-def embed_pairs(model: CMITM, tokenizer, data: PairData, preset: Preset, device: str = "auto",
-                batch_size: int = 128, mask_ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_img, z_txt) for every pair, model in eval mode. Images are embedded as stage 2 sees them
-    (`CMITM.eval_image_embedding` at ``mask_ratio``, default the preset's stage-2 ratio; 0 = unmasked)."""
-    dev = resolve_device(device)
-    ratio = preset.stage2.mask_ratio if mask_ratio is None else mask_ratio
-    loader = DataLoader(PairDataset(data, preset.data, preset.model, train=False), batch_size=batch_size,
-                        collate_fn=PairCollate(tokenizer, preset.model.max_len, 0.5))
-    model.to(dev).eval()
-    zi, zt, bad = [], [], []
-    for i, batch in enumerate(loader):
-        bad += batch.pop("unreadable")
-        batch = _to(batch, dev)
-        with autocast(dev):
-            zi.append(model.eval_image_embedding(batch["image"], ratio, seed=1000 * i).float().cpu())
-            zt.append(model.text_embedding(batch["input_ids"], batch["attention_mask"]).float().cpu())
-    warn_unreadable(bad, "their pairs were replaced by others")
-    return torch.cat(zi), torch.cat(zt)
-
-
-def warn_unreadable(paths: list[str], effect: str) -> None:
-    """A warning naming the unreadable images an evaluation met (none: nothing)."""
-    if paths:
-        warnings.warn(f"{len(paths)} unreadable image(s), {effect}: {', '.join(sorted(set(paths)))}", stacklevel=3)
-
-
-def retrieval(model: CMITM, tokenizer, data: PairData, preset: Preset, device: str = "auto") -> dict:
-    """Recall@1/5/10 both ways on ``data`` (identical report texts count as matches)."""
-    z_img, z_txt = embed_pairs(model, tokenizer, data, preset, device)
-    return recall_at_k(similarity(z_img, z_txt), reports=data.reports)
-
-
-@torch.no_grad()
-def predict(net: nn.Module, loader: DataLoader, dev: torch.device, task: str,
-            unreadable: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores) over a `LabelDataset` loader; unreadable images met are appended to ``unreadable``."""
-    net.eval()
-    labels, scores = [], []
-    for x, y, bad in loader:
-        if unreadable is not None:
-            unreadable += bad
-        with autocast(dev):
-            logits = net(x.to(dev)).float()
-        scores.append((torch.sigmoid(logits) if task == "multilabel" else logits.softmax(-1)).cpu())
-        labels.append(y)
-    return torch.cat(labels).numpy(), torch.cat(scores).numpy()
 
 
 def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = None, fraction: float = 0.01, *,

@@ -2,11 +2,13 @@
 headless); each widget wraps one figure function with sliders/pickers for JupyterLab."""
 from __future__ import annotations
 
+import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .models import CMITM, patchify, random_masking, unpatchify
+from .saliency import to_pixels
 
 
 def _gray(ax, img, title: str):
@@ -139,8 +141,9 @@ def finetune_figure(results: list[dict]):
 # ---------------------------------------------------------------------------------------------
 # Widgets (JupyterLab). Each redraws one of the figures above.
 # ---------------------------------------------------------------------------------------------
-def _show(fig):
-    from IPython.display import display
+def show(fig):
+    """Display a figure once and free it (works whatever matplotlib backend is active)."""
+    from IPython.display import display  # optional: present wherever a notebook kernel runs
 
     display(fig)
     plt.close(fig)
@@ -148,10 +151,8 @@ def _show(fig):
 
 def masking_widget(images: torch.Tensor, patch_size: int, mask_ratio: float = 0.75):
     """Mask-ratio slider (starting at ``mask_ratio``) and sample picker over ``images`` (N, 1, H, W)."""
-    import ipywidgets as w
-
     def draw(sample: int, mask_ratio: float, seed: int):
-        _show(masking_figure(images[sample : sample + 1], mask_ratio, patch_size, seed))
+        show(masking_figure(images[sample : sample + 1], mask_ratio, patch_size, seed))
 
     return w.interactive(draw, sample=w.IntSlider(0, 0, images.shape[0] - 1, description="sample"),
                          mask_ratio=w.FloatSlider(value=mask_ratio, min=0.05, max=0.95, step=0.05,
@@ -162,10 +163,8 @@ def masking_widget(images: torch.Tensor, patch_size: int, mask_ratio: float = 0.
 def reconstruction_widget(model: CMITM, images: torch.Tensor, targets: torch.Tensor, mask_ratio: float = 0.75):
     """Pick a sample and a mask ratio (starting at ``mask_ratio``); see input, masked input,
     reconstruction and 2x target."""
-    import ipywidgets as w
-
     def draw(sample: int, mask_ratio: float, seed: int):
-        _show(reconstruction_figure(model, images[sample : sample + 1], targets[sample : sample + 1], mask_ratio, seed))
+        show(reconstruction_figure(model, images[sample : sample + 1], targets[sample : sample + 1], mask_ratio, seed))
 
     return w.interactive(draw, sample=w.IntSlider(0, 0, images.shape[0] - 1, description="sample"),
                          mask_ratio=w.FloatSlider(value=mask_ratio, min=0.05, max=0.95, step=0.05,
@@ -176,11 +175,9 @@ def reconstruction_widget(model: CMITM, images: torch.Tensor, targets: torch.Ten
 def similarity_widget(sims: dict[str, torch.Tensor], reports: list[str]):
     """Choose a model (e.g. before / after stage 2) and an image; see the similarity matrix and the
     top-3 reports retrieved for that image."""
-    import ipywidgets as w
-
     def draw(model: str, image: int):
         sim = sims[model]
-        _show(similarity_figure(sim, f"{model}: image-report similarity"))
+        show(similarity_figure(sim, f"{model}: image-report similarity"))
         top = sim[image].argsort(descending=True)[:3].tolist()
         print(f"true report of image {image}: {reports[image]}\n")
         for rank, j in enumerate(top, 1):
@@ -238,10 +235,6 @@ def saliency_widget(cases: dict, explainers: dict, findings: list[str] | None = 
 
     ``cases``: `saliency.synth_cases(...)`; ``explainers``: name -> explain(images, finding)
     (`saliency.classifier_explainer`, `saliency.similarity_explainer`)."""
-    import ipywidgets as w
-
-    from .saliency import to_pixels
-
     findings = findings or cases["findings"]
     options = [(f"case {cases['index'][i]}: " + ", ".join(f for k, f in enumerate(cases["findings"])
                                                         if cases["labels"][i, k] and f in findings), i)
@@ -260,7 +253,7 @@ def saliency_widget(cases: dict, explainers: dict, findings: list[str] | None = 
                               f"case {cases['index'][i]}")
         out.clear_output(wait=True)
         with out:
-            _show(fig)
+            show(fig)
 
     for control in (case, finding, model):
         control.observe(draw, names="value")

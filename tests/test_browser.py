@@ -30,6 +30,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from lesson_runs import short_run
 
 pytestmark = pytest.mark.browser
 
@@ -73,13 +74,7 @@ def _missing_browser() -> str:
 # What a learner sees does not depend on how long a lesson trains, and nbval runs every lesson at its
 # defaults already: in the browser the training lessons run short, into runs/browser/lessons (papermill's
 # injected-parameters cell after the `parameters` cell, as `papermill -p` would add it).
-SHORT_RUN = {
-    "02": {"epochs": 1, "checkpoint_out": "runs/browser/lessons/stage1", "out_dir": "runs/browser/lessons"},
-    "03": {"epochs": 1, "checkpoint_in": "runs/browser/lessons/stage1", "checkpoint_out": "runs/browser/lessons/stage2",
-           "out_dir": "runs/browser/lessons"},
-    "04": {"epochs": 1, "fractions": [0.01], "checkpoint_in": "runs/browser/lessons/stage2",
-           "checkpoint_stage1": "runs/browser/lessons/stage1", "out_dir": "runs/browser/lessons"},
-}
+SHORT_RUN = short_run("runs/browser/lessons")
 
 
 def served_copy(nb: Path, target: Path) -> None:

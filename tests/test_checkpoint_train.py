@@ -8,7 +8,8 @@ import torch
 from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
 from cmitm_lib.data.datasets import FinetuneData, LabelData
 from cmitm_lib.evaluate import macro_auc, recall_at_k
-from cmitm_lib.train import build_model, embed_pairs, finetune, fraction_indices, pretrain, warmup_cosine
+from cmitm_lib.evaluate import embed_pairs
+from cmitm_lib.train import build_model, finetune, fraction_indices, pretrain, warmup_cosine
 
 
 def test_checkpoint_round_trip_is_exact_and_pickle_free(tmp_path, micro_preset, micro_tokenizer):

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from cmitm_lib import experiment as ex
 from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
+from cmitm_lib.lab.recipes import RECIPES, chain_keys, scaled_preset
+from cmitm_lib.lab.runner import check_same_preset
 from cmitm_lib.models import (MODULES, ConvEncoder, build_classifier, build_encoder, encode_visible, imagenet_encoder_state,
                               unpatchify, unshuffle)
 from cmitm_lib.saliency import classifier_saliency
@@ -101,37 +102,21 @@ def test_vit_only_features_say_so(cnn_preset, tmp_path):
         build_classifier(bad, 2)
 
 
-def test_cnn_scale_changes_the_encoder_and_stage2_and_old_caches_still_match(tmp_path):
-    cnn, full = ex.scaled_preset("cnn"), ex.scaled_preset("full")
-    assert cnn.model.encoder == "cnn" and full.model.encoder == "vit"
-    assert cnn.data == full.data and cnn.stage1 == full.stage1 and cnn.finetune == full.finetune
-    assert (cnn.stage2.epochs, cnn.stage2.lr) == (12, cnn.stage1.lr)
-    # a preset.json written before ModelConfig had `encoder` reads as the ViT it was made with
-    old = json.loads(json.dumps(full.to_dict()))
-    del old["model"]["encoder"]
-    (tmp_path / "preset.json").write_text(json.dumps(old))
-    ex.check_same_preset(tmp_path, full)
-    with pytest.raises(ValueError, match="model.encoder: 'vit' -> 'cnn'"):
-        ex.check_same_preset(tmp_path, cnn)
-
-
-def test_cnn24_scale_is_cnn_with_a_longer_stage2_at_mask_ratio_025():
-    cnn, cnn24 = ex.scaled_preset("cnn"), ex.scaled_preset("cnn24")
-    assert cnn24.model == cnn.model and cnn24.stage1 == cnn.stage1 and cnn24.data == cnn.data
-    assert (cnn24.stage2.epochs, cnn24.stage2.lr, cnn24.stage2.mask_ratio) == (24, cnn.stage2.lr, 0.25)
-    assert cnn.stage2.mask_ratio == 0.75
+def test_conv_scale_is_full_with_the_conv_encoder_and_a_longer_stage2_at_mask_ratio_025(tmp_path):
+    conv, full = scaled_preset("conv"), scaled_preset("full")
+    assert conv.model.encoder == "cnn" and full.model.encoder == "vit"
+    assert conv.data == full.data and conv.stage1 == full.stage1 and conv.finetune == full.finetune
+    assert (conv.stage2.epochs, conv.stage2.lr, conv.stage2.mask_ratio) == (24, 3e-4, 0.25)
+    assert full.stage2.mask_ratio == 0.75
     # the CMITM link is the preset's own stage 2 (ratio 0.25); the paper's ratio is spelled out
-    keys = {m: ex.chain_keys(r, cnn24) for m, (_, r) in ex.METHODS.items()}
+    keys = {m: chain_keys(r, conv) for m, (_, r) in RECIPES.items()}
     assert keys["cmitm"] == keys["cmitm_m0.25"] == ["stage1", "stage1__stage2"]
     assert keys["cmitm_m0.75"] == ["stage1", "stage1__stage2-m0.75"]
-
-
-def test_cnn24lr_scale_is_cnn24_at_a_stage2_lr_of_3e_4():
-    cnn24, slow = ex.scaled_preset("cnn24"), ex.scaled_preset("cnn24lr")
-    assert slow.model == cnn24.model and slow.stage1 == cnn24.stage1 and slow.data == cnn24.data
-    assert slow.stage2.lr == 3e-4 and cnn24.stage2.lr == 1e-3
-    slow.stage2.lr = cnn24.stage2.lr
-    assert slow.stage2 == cnn24.stage2  # nothing else differs
+    # an output folder made with the ViT is refused for the conv encoder, naming what differs
+    (tmp_path / "preset.json").write_text(json.dumps(full.to_dict()))
+    check_same_preset(tmp_path, full)
+    with pytest.raises(ValueError, match="model.encoder: saved 'vit', now 'cnn'"):
+        check_same_preset(tmp_path, conv)
 
 
 def test_cli_trains_the_conv_encoder_and_its_checkpoint_keeps_it(tmp_path, micro_preset, monkeypatch):

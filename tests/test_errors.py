@@ -2,9 +2,11 @@
 import pytest
 
 from cmitm_lib.checkpoint import load_checkpoint
-from cmitm_lib.config import check_parameters, get_preset
+from cmitm_lib.config import get_preset
+from cmitm_lib.lessons import check_parameters
 from cmitm_lib.data import load_finetune, load_pretrain
-from cmitm_lib.train import fraction_indices, pretrain, resolve_device
+from cmitm_lib.device import resolve_device
+from cmitm_lib.train import fraction_indices, pretrain
 
 
 @pytest.mark.parametrize("params,pattern", [

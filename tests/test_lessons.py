@@ -4,7 +4,7 @@ import copy
 import pytest
 
 from cmitm_lib import lessons
-from cmitm_lib.cli import closing_line
+from cmitm_lib.lessons import closing_line
 
 
 @pytest.fixture

@@ -75,32 +75,6 @@ def test_stage1_trains_reconstruction_modules_only(micro_preset, micro_pairs, mi
             assert torch.equal(v, after["image_decoder." + k.split(".", 1)[1]])
 
 
-def test_rep_init_decoder_gives_d_r_the_trained_d_v(micro_preset, micro_pairs, micro_tokenizer):
-    p = copy.deepcopy(micro_preset)
-    p.model.rep_init = "decoder"
-    p.model.rep_depth, p.model.rep_heads = 1, p.model.dec_heads  # D_r takes D_v's first block
-    model = build_model(p, micro_tokenizer)
-    pretrain(model, micro_tokenizer, micro_pairs, p, "stage1", epochs=1, batch_size=16, lr=1e-3, progress=False)
-    after = model.state_dict()
-    d_r = {k.split(".", 1)[1]: v for k, v in after.items() if k.startswith("rep_decoder.")}
-    assert any(k.startswith("blocks.0.") for k in d_r)
-    for k, v in d_r.items():  # every weight of D_r is now D_v's (D_r's predictor is an Identity)
-        assert torch.equal(v, after["image_decoder." + k]), k
-
-
-def test_rep_init_decoder_refuses_a_d_r_that_does_not_fit(micro_preset, micro_tokenizer):
-    from cmitm_lib.models import copy_decoder_embedding
-
-    p = copy.deepcopy(micro_preset)
-    p.model.rep_init = "decoder"
-    p.model.rep_depth = p.model.dec_depth + 1
-    with pytest.raises(ValueError, match="rep_depth <= dec_depth"):
-        copy_decoder_embedding(build_model(p, micro_tokenizer))
-    p.model.rep_init = "blocks"
-    with pytest.raises(ValueError, match="rep_init='blocks' is not valid"):
-        build_model(p, micro_tokenizer)  # refused when the model is built, not after stage 1
-
-
 def test_finetune_model_holds_exactly_the_encoder_weights(micro_preset, micro_tokenizer):
     p = copy.deepcopy(micro_preset)
     model = build_model(p, micro_tokenizer)

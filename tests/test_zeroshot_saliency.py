@@ -9,9 +9,9 @@ import torch.nn as nn
 
 from cmitm_lib import evaluate, saliency, viz
 from cmitm_lib.cli import main
-from cmitm_lib.data import regions, synth
+from cmitm_lib.data import regions, synth, synth_render
+from cmitm_lib.data.catalog import REAL_TASK_INFO
 from cmitm_lib.data.datasets import FinetuneData, LabelData
-from cmitm_lib.data.real import TASKS
 from cmitm_lib.models import build_classifier
 from cmitm_lib.train import build_model, finetune
 
@@ -49,7 +49,7 @@ def test_zero_shot_auc_is_one_when_prompts_separate_the_labels():
 
 
 def test_prompts_cover_every_class_of_every_dataset():
-    tables = {"synth": list(synth.FINDINGS), **{name: classes for name, (classes, _, _) in TASKS.items()}}
+    tables = {"synth": list(synth.FINDINGS), **{name: classes for name, (classes, _, _) in REAL_TASK_INFO.items()}}
     for name, classes in tables.items():
         prompts = evaluate.prompts_for(name, classes)
         assert list(prompts) == list(classes)
@@ -180,7 +180,7 @@ def test_regions_are_where_the_finding_was_drawn():
     for name, mask in masks.items():
         assert mask.shape == (128, 128) and mask.dtype == bool
         assert mask.any() == (name in params["findings"]), name  # present: drawn somewhere; absent: empty
-    row, col = synth.patient_to_pixel(*params["findings"]["nodule"]["centre"], params["acquisition"], 128)
+    row, col = synth_render.patient_to_pixel(*params["findings"]["nodule"]["centre"], params["acquisition"], 128)
     assert masks["nodule"][int(round(row)), int(round(col))]  # the nodule's centre is inside its region
     assert masks["nodule"].mean() < 0.01  # and the region is small
     j = _case_with("effusion")
