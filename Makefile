@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lab lessons clean-runs
+.PHONY: setup demo test check lab lessons clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/cmitm demo
 
+# The fast suite: every lesson once, short; no slow tests, no browser (about 8 min on 2 cores).
 test: setup
 	MPLBACKEND=Agg $(BIN)/python -m pytest
+
+# Everything CI runs: the fast suite, the slow tests, the browser test, and nbval on every lesson at its
+# default parameters (about 40 min on 2 cores).
+check: setup
+	MPLBACKEND=Agg $(BIN)/python -m pytest -m "" --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
 
 # Every numbered lesson at its defaults, executed with papermill into docs/lessons/ (committed with outputs).
 lessons: setup
