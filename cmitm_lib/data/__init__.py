@@ -97,7 +97,7 @@ def load_pretrain_labels(preset: Preset) -> FinetuneData:
     """The embedded pre-training images with their image-truth labels (the 7 findings, multi-label):
     the labels SynthCXR knows and MIMIC-CXR's reports only hint at. Train = the pre-training pairs'
     images; val and test are both the held-out pairs' images. For the benchmark's supervised
-    reference only (`experiment.METHODS["supervised"]`); CMITM never sees these labels."""
+    reference only (`lab.recipes.RECIPES["supervised"]`); CMITM never sees these labels."""
     d = preset.data
     imgs, labels, _, _ = _synth_batch(d.n_pretrain, 0, d.synth_size, "pretrain", 0, d.synth_level)
     h_imgs, h_labels, _, _ = _synth_batch(d.n_heldout, 0, d.synth_size, "pretrain", d.n_pretrain, d.synth_level)

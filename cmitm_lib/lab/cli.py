@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/experiments", help="results, checkpoints and plots; re-running resumes")
     p.add_argument("--fractions", type=float, nargs="+", default=None,
                    help="label fractions instead of the experiment's (e.g. 0.01 to fine-tune on a CPU)")
-    p.add_argument("--docs", default="", help="also write this markdown file (e.g. docs/results.md)")
+    p.add_argument("--docs", default="", help="also write this markdown file (e.g. docs/RESULTS.md)")
     p.add_argument("--imagenet-weights", default="",
                    help="table1 gains an 'ImageNet init' row: E_v from this local timm ViT checkpoint (.safetensors)")
     p.add_argument("--device", default="auto")
