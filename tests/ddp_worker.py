@@ -62,13 +62,11 @@ def run(workdir: Path) -> dict:
             out["loss"].backward()
         finally:
             losses.gather_with_grad = original
-        sampler = D.distributed_sampler(list(range(10)), shuffle=False, seed=0, drop_last=False)
         result = {
             "rank": rank, "world_size": world, "is_main": D.is_main(),
             "loss": out["loss"].item(), "loss_mean": D.all_reduce_mean(out["loss"].item()),
             "columns": columns, "wrapped": type(net).__name__,
             "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
-            "sampler": list(sampler) if sampler is not None else None,
         }
         torch.save(result, workdir / f"result_w{world}_r{rank}.pt")
         D.barrier()

@@ -74,7 +74,6 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert D.is_main() and D.all_reduce_mean(2.5) == 2.5
     model = torch.nn.Linear(2, 2)
     assert D.wrap_ddp(model, torch.device("cpu")) is model
-    assert D.distributed_sampler(list(range(4)), True, 0, True) is None
     assert D.per_rank_batch(256, 4) == 64
     with pytest.raises(ValueError, match="not divisible"):
         D.per_rank_batch(10, 4)
@@ -116,7 +115,6 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path, micro_pre
     print(f"loss 2 procs {mean:.8f} vs 1 proc {ref['loss']:.8f}; worst grad diff / max|grad| = {worst:.2e}")
     assert worst < 1e-4
     # the DistributedSampler gives each rank its own disjoint shard
-    assert r0["sampler"] == [0, 2, 4, 6, 8] and r1["sampler"] == [1, 3, 5, 7, 9] and ref["sampler"] is None
 
 
 def _import_worker():
