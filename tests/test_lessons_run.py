@@ -1,6 +1,6 @@
 """Every numbered lesson runs once, top to bottom, with papermill: the training lessons short (one epoch per
-stage, 512 pre-training pairs; `lesson_runs.short_run`), in order, each reading what the one before wrote.
-`make check` runs them at their defaults as well (nbval)."""
+stage, 256 pre-training pairs; `lesson_runs.short_run`) and lesson 5 on Fig. 2's small grid, in order, each
+reading what the one before wrote. `make check` runs them at their defaults as well (nbval)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,8 @@ def runs(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
 def test_lesson_runs_short(lesson: Path, runs: Path):
     pm = pytest.importorskip("papermill")
-    params = short_run(str(runs), n_train_pairs=512).get(lesson.name[:2], {})
+    params = {**short_run(str(runs), n_train_pairs=256), "05": {"out_dir": f"{runs}/experiments", "experiment": "fig2"}}
+    params = params.get(lesson.name[:2], {})
     out = runs / lesson.name
     pm.execute_notebook(str(lesson), str(out), cwd=str(ROOT / "notebooks"), parameters=params,
                         kernel_name="python3", progress_bar=False)
