@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from lesson_runs import short_run
+from lesson_runs import parameterised, short_run
 
 pytestmark = pytest.mark.browser
 
@@ -71,25 +71,15 @@ def _missing_browser() -> str:
     return ""
 
 
-# What a learner sees does not depend on how long a lesson trains, and nbval runs every lesson at its
-# defaults already: in the browser the training lessons run short, into runs/browser/lessons (papermill's
+# What a learner sees does not depend on how long a lesson trains (`make lessons` runs every lesson at its
+# defaults): in the browser the training lessons run short, into runs/browser/lessons (papermill's
 # injected-parameters cell after the `parameters` cell, as `papermill -p` would add it).
 SHORT_RUN = short_run("runs/browser/lessons")
 
 
 def served_copy(nb: Path, target: Path) -> None:
     """Copy a lesson for JupyterLab to serve, with the short-run parameters of SHORT_RUN injected."""
-    params = SHORT_RUN.get(nb.name[:2])
-    if not params:
-        shutil.copy(nb, target)
-        return
-    from papermill.parameterize import parameterize_notebook
-
-    notebook = nbformat.read(nb, as_version=4)
-    for cell in notebook.cells:  # papermill's own runs add these first
-        cell.metadata.setdefault("tags", [])
-    notebook.metadata.setdefault("papermill", {})
-    nbformat.write(parameterize_notebook(notebook, params), target)
+    nbformat.write(parameterised(nb, SHORT_RUN.get(nb.name[:2], {})), target)
 
 
 @pytest.fixture(scope="module")

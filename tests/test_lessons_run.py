@@ -1,16 +1,15 @@
 """Every numbered lesson runs once, top to bottom, with papermill: the training lessons short (one epoch per
-stage, 256 pre-training pairs; `lesson_runs.short_run`) and lesson 5 on Fig. 2's small grid, in order, each
-reading what the one before wrote. `make check` runs them at their defaults as well (nbval)."""
+stage, 256 pre-training pairs) and lesson 5 on Fig. 2's small grid (`lesson_runs.suite_run`), in order, each
+reading what the one before wrote. `make check` runs the same copies under nbval instead."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from lesson_runs import short_run
+from lesson_runs import LESSONS, suite_run
 
 ROOT = Path(__file__).resolve().parents[1]
-LESSONS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,7 @@ def runs(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
 def test_lesson_runs_short(lesson: Path, runs: Path):
     pm = pytest.importorskip("papermill")
-    params = {**short_run(str(runs), n_train_pairs=256), "05": {"out_dir": f"{runs}/experiments", "experiment": "fig2"}}
-    params = params.get(lesson.name[:2], {})
+    params = suite_run(str(runs)).get(lesson.name[:2], {})
     out = runs / lesson.name
     pm.execute_notebook(str(lesson), str(out), cwd=str(ROOT / "notebooks"), parameters=params,
                         kernel_name="python3", progress_bar=False)

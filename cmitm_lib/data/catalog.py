@@ -148,3 +148,11 @@ def csv_rows(path: Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; the header has {reader.fieldnames}")
         yield from reader
+
+
+def token_lines(path: Path) -> Iterator[tuple[str, list[str], str]]:
+    """(where, tokens, line) of each non-blank line of a whitespace-separated list file; where = "path:lineno"."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.split():
+                yield f"{path}:{lineno}", line.split(), line.strip()

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from .catalog import (
     CHEXPERT_CLASSES, COVIDX_CLASSES, NIH_CLASSES, REAL_TASK_INFO, csv_rows, dataset_root, find_file, layout_error,
+    token_lines,
 )
 from .images import IMAGE_SUFFIXES
 from .ondisk import resolve_images
@@ -184,25 +185,20 @@ def _covidx_label_files(root: Path, split_files) -> dict[str, Path]:
 def _read_covidx_file(path: Path, image_dir: Path) -> list[LabeledImage]:
     """Lines "patient_id filename class [source]" (3 columns in early versions, 4 later)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) < 3:
-                raise ValueError(f"{path}:{lineno}: expected 'patient_id filename class [source]', "
-                                 f"got {line.strip()!r}")
-            patient, label = tokens[0], (tokens[2] if len(tokens) == 3 else tokens[-2])
-            filename = tokens[1] if len(tokens) == 3 else " ".join(tokens[1:-2])
-            index = _COVIDX_SPELLINGS.get(label.lower())
-            if index is None:
-                hint = (" This is a binary COVIDx file (positive/negative: COVIDx 9B, CXR-2, CXR-3B ...); "
-                        "the kit's task is the 3-class COVIDx (e.g. COVIDx 8A / 9A / CXR-3A)."
-                        if label.lower() in ("positive", "negative") else "")
-                raise ValueError(f"{path}:{lineno}: unknown class {label!r}; expected one of {COVIDX_CLASSES}.{hint}")
-            onehot = [0.0] * len(COVIDX_CLASSES)
-            onehot[index] = 1.0
-            out.append(LabeledImage(os.path.join(image_dir, filename), onehot, patient))
+    for where, tokens, line in token_lines(path):
+        if len(tokens) < 3:
+            raise ValueError(f"{where}: expected 'patient_id filename class [source]', got {line!r}")
+        patient, label = tokens[0], (tokens[2] if len(tokens) == 3 else tokens[-2])
+        filename = tokens[1] if len(tokens) == 3 else " ".join(tokens[1:-2])
+        index = _COVIDX_SPELLINGS.get(label.lower())
+        if index is None:
+            hint = (" This is a binary COVIDx file (positive/negative: COVIDx 9B, CXR-2, CXR-3B ...); "
+                    "the kit's task is the 3-class COVIDx (e.g. COVIDx 8A / 9A / CXR-3A)."
+                    if label.lower() in ("positive", "negative") else "")
+            raise ValueError(f"{where}: unknown class {label!r}; expected one of {COVIDX_CLASSES}.{hint}")
+        onehot = [0.0] * len(COVIDX_CLASSES)
+        onehot[index] = 1.0
+        out.append(LabeledImage(os.path.join(image_dir, filename), onehot, patient))
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import check_fraction
-from .catalog import REAL_TASK_INFO, layout_error
+from .catalog import REAL_TASK_INFO, layout_error, token_lines
 from .fractions import fraction_indices
 from .records import LabeledImage
 
@@ -83,14 +83,10 @@ def _split_file_paths(dataset: str, split_files) -> dict[str, Path]:
 
 def _read_split_list(path: Path, n_classes: int) -> list[tuple[str, list[float] | None]]:
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) > 1 and len(tokens) != n_classes + 1:
-                raise ValueError(f"{path}:{lineno}: expected an image and {n_classes} labels, got {line.strip()!r}")
-            entries.append((tokens[0], [float(t) for t in tokens[1:]] or None))
+    for where, tokens, line in token_lines(path):
+        if len(tokens) > 1 and len(tokens) != n_classes + 1:
+            raise ValueError(f"{where}: expected an image and {n_classes} labels, got {line!r}")
+        entries.append((tokens[0], [float(t) for t in tokens[1:]] or None))
     return entries
 
 
