@@ -30,10 +30,11 @@ check: setup
 		--nbval-cell-timeout=900 tests runs/check
 
 # Every numbered lesson at its defaults, executed with papermill into docs/lessons/ (committed with outputs).
+# A cell that runs past an hour fails the run instead of waiting forever (a lost kernel message can hang it).
 lessons: setup
 	mkdir -p docs/lessons
 	for nb in notebooks/0*.ipynb; do \
-		MPLBACKEND=Agg $(BIN)/papermill --cwd notebooks "$$nb" "docs/lessons/$$(basename $$nb)" || exit 1; \
+		MPLBACKEND=Agg $(BIN)/papermill --execution-timeout 3600 --cwd notebooks "$$nb" "docs/lessons/$$(basename $$nb)" || exit 1; \
 	done
 
 lab: setup

@@ -23,7 +23,7 @@ def test_lesson_runs_short(lesson: Path, runs: Path):
     params = suite_run(str(runs)).get(lesson.name[:2], {})
     out = runs / lesson.name
     pm.execute_notebook(str(lesson), str(out), cwd=str(ROOT / "notebooks"), parameters=params,
-                        kernel_name="python3", progress_bar=False)
+                        kernel_name="python3", progress_bar=False, execution_timeout=900)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
