@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from lesson_runs import LESSONS, suite_run
-
-ROOT = Path(__file__).resolve().parents[1]
+from lesson_runs import LESSONS, ROOT, suite_run
 
 
 @pytest.fixture(scope="module")

@@ -154,5 +154,6 @@ def token_lines(path: Path) -> Iterator[tuple[str, list[str], str]]:
     """(where, tokens, line) of each non-blank line of a whitespace-separated list file; where = "path:lineno"."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if line.split():
-                yield f"{path}:{lineno}", line.split(), line.strip()
+            tokens = line.split()
+            if tokens:
+                yield f"{path}:{lineno}", tokens, line.strip()
