@@ -5,12 +5,16 @@
     python benchmarks/lesson_recipe.py stage2 --ckpt random --epochs 12 --lr 1e-3 --save runs/recipe/s2_scratch
     python benchmarks/lesson_recipe.py probe --ckpt runs/recipe/s1               # random init and a checkpoint
     python benchmarks/lesson_recipe.py finetune random runs/recipe/s1 runs/recipe/s2 --min-images 1024
+    python benchmarks/lesson_recipe.py ceiling                                  # no training: what the data allows
 
 stage2: stage 2 from a checkpoint (``random``: a fresh model, i.e. CLIP-like with masked images) with
 overrides; prints L_c per epoch against 2 ln B, held-out image->report Recall@K before and after against
 the chance of a random ranking, then the linear probe of the resulting E_v.
 probe: frozen E_v features + logistic regression on the NIH-like task at 1% and 10% of the labels.
 finetune: `train.finetune` at 1% of the labels from each init, with an epoch of at least --min-images images.
+ceiling: held-out retrieval of oracle embeddings that know each study's drawn findings: how far the data lets
+image->report Recall@K go (chance, image-truth labels, the report's own labels, findings with side / lobe /
+severity), so that a model's R@5 can be read against it.
 Output and reading: benchmarks/README.md, "Lesson recipe".
 """
 from __future__ import annotations
@@ -26,8 +30,37 @@ from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import load_finetune, load_pretrain
 from cmitm_lib.data.fractions import fraction_indices
+from cmitm_lib.data.synth import generate_case
+from cmitm_lib.lab.recipes import _supervised_link
+from cmitm_lib.paths import resolve
 from cmitm_lib.evaluate import encoder_features, linear_probe, recall_at_k, retrieval
 from cmitm_lib.text import train_tokenizer
+
+
+def encoder_of(init: str, seed: int) -> dict | None:
+    """E_v weights of an init: ``random`` (None), ``supervised`` (trained on the pre-training images' true
+    findings for the cascade's epochs, cached in runs/recipe/supervised) or a checkpoint folder."""
+    if init == "random":
+        return None
+    if init == "supervised":
+        return _supervised_link(seed, get_preset("tiny"), resolve(f"runs/recipe/supervised_seed{seed}"))
+    return T.encoder_state(load_checkpoint(init)[0])
+
+
+def frozen_head(bn: bool):
+    """`models.build_classifier` with E_v frozen (only the linear head trains), behind a BatchNorm without
+    affine when ``bn`` (MAE's linear-probe head): the fine-tuning loop as a linear probe."""
+    build = T.build_classifier
+
+    def wrapped(cfg, num_classes, state=None):
+        net = build(cfg, num_classes, state)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        if bn:
+            net.head = torch.nn.Sequential(torch.nn.BatchNorm1d(cfg.embed_dim, affine=False), net.head)
+        net.head.requires_grad_(True)
+        return net
+    return wrapped
 
 
 def model_from(ckpt: str, seed: int):
@@ -81,10 +114,42 @@ def stage2(a) -> None:
 
 
 def probe_cmd(a) -> None:
-    model, _, preset = model_from(a.ckpt, a.seed)
+    preset = get_preset("tiny")
     torch.manual_seed(a.seed)
     print(f"linear probe test AUC, random init: {probe(None, preset, a.seed)}")
-    print(f"linear probe test AUC, {a.ckpt}: {probe(T.encoder_state(model), preset, a.seed)}")
+    print(f"linear probe test AUC, {a.ckpt}: {probe(encoder_of(a.ckpt, a.seed), preset, a.seed)}")
+
+
+def oracle_keys(case) -> tuple:
+    """What a report says of a case that an image shows: each finding with its side, lobe, size or severity."""
+    named = ("side", "lobe", "size", "severity", "zone")
+    return tuple((f, tuple((k, v[k]) for k in named if k in v)) for f, v in sorted(case.findings.items()))
+
+
+def ceiling(a) -> None:
+    preset = get_preset("tiny")
+    d = preset.data
+    cases = [generate_case(a.seed, d.n_pretrain + i, 32, "pretrain", d.synth_level) for i in range(d.n_heldout)]
+    reports = [c.report for c in cases]
+    truth = torch.tensor(np.stack([c.labels for c in cases]))
+    stated = torch.tensor(np.stack([c.report_labels for c in cases])).clamp(min=0)  # hedged -> not stated
+    ids = {k: i for i, k in enumerate(dict.fromkeys(oracle_keys(c) for c in cases))}
+    key = torch.tensor([ids[oracle_keys(c)] for c in cases])
+    n = len(cases)
+    print(f"{n} held-out pairs (seed {a.seed}, level {d.synth_level}): {float((truth.sum(1) == 0).float().mean()):.0%} "
+          f"normal, {len(set(reports))} distinct reports, {len(ids)} distinct finding descriptions")
+    oracles = {
+        "chance (constant embeddings)": torch.zeros(n, n),
+        "image-truth labels on both sides": -torch.cdist(truth, truth, p=1),
+        "image-truth labels vs the report's stated labels": -torch.cdist(truth, stated, p=1),
+        "findings with side / lobe / size / severity": (key[:, None] == key[None]).float() - 0.01 * torch.cdist(truth, truth, p=1),
+    }
+    g = torch.Generator().manual_seed(a.seed)
+    print(f"{'oracle':52s} i2t R@1  i2t R@5  i2t R@10  t2i R@5   (ties broken at random, mean of 5 draws)")
+    for name, sim in oracles.items():
+        draws = [recall_at_k(sim + 1e-4 * torch.rand(n, n, generator=g), reports=reports) for _ in range(5)]
+        row = [float(np.mean([r[k] for r in draws])) for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@5")]
+        print(f"{name:52s} " + "  ".join(f"{v:7.3f}" for v in row))
 
 
 def layer_decay_optimizer(decay: float):
@@ -102,16 +167,20 @@ def layer_decay_optimizer(decay: float):
 def finetune(a) -> None:
     preset = get_preset("tiny")
     preset.finetune.min_images_per_epoch = a.min_images
+    preset.finetune.head_init = a.head_init or preset.finetune.head_init
     if a.layer_decay:
         T.build_optimizer = layer_decay_optimizer(a.layer_decay)
+    if a.head != "all":
+        T.build_classifier = frozen_head(bn=a.head == "bn-linear")
     d = load_finetune("synth", "", preset, a.seed)
     for init in a.inits:
-        state = None if init == "random" else T.encoder_state(load_checkpoint(init)[0])
-        t0 = time.perf_counter()
-        r = T.finetune(d, preset, state, a.fraction, lr=a.lr, seed=a.seed, progress=False)
-        print(f"{init}: test AUC {r['test_auc']:.3f}, val {r['val_auc']:.3f}, best epoch {r['best_epoch']}, "
-              f"{r['epochs']} epochs of >= {a.min_images} images, lr {r['lr']:g}, {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        state = encoder_of(init, a.seed)
+        for fraction in a.fractions:
+            t0 = time.perf_counter()
+            r = T.finetune(d, preset, state, fraction, lr=a.lr, seed=a.seed, progress=False)
+            print(f"{init} at {fraction:.0%} ({a.head}, head init {preset.finetune.head_init}): test AUC {r['test_auc']:.3f}, val {r['val_auc']:.3f}, best "
+                  f"epoch {r['best_epoch']}, {r['epochs']} epochs of >= {a.min_images} images, lr {r['lr']:g}, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -125,15 +194,22 @@ def main() -> None:
     p.add_argument("--save", default="")
     p.set_defaults(func=stage2)
     p = sub.add_parser("probe")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder, or 'supervised'")
     p.set_defaults(func=probe_cmd)
     p = sub.add_parser("finetune")
-    p.add_argument("inits", nargs="+", help="'random' and/or checkpoint folders")
+    p.add_argument("inits", nargs="+", help="'random', 'supervised' and/or checkpoint folders")
     p.add_argument("--min-images", type=int, default=1024, help="images per fine-tuning epoch at least")
-    p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01])
+    p.add_argument("--head-init", choices=("zero", "probe"), default=None,
+                   help="zero: MAE's near-zero head; probe: LP-FT (default: the preset's)")
+    p.add_argument("--head", choices=("all", "linear", "bn-linear"), default="all",
+                   help="all: every weight (the recipe); linear / bn-linear: E_v frozen, only the head trains "
+                        "(bn-linear: behind a BatchNorm without affine, MAE's linear-probe head)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--layer-decay", type=float, default=None, help="MAE's layer-wise lr decay, e.g. 0.75")
     p.set_defaults(func=finetune)
+    p = sub.add_parser("ceiling")
+    p.set_defaults(func=ceiling)
     for p in sub.choices.values():
         p.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import bench, distributed, export, resume
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ENCODERS, check_choice, get_preset
+from .config import ENCODERS, HEAD_INITS, check_choice, get_preset
 from .data import FINETUNE_DATASETS, PRETRAIN_DATASETS, cache, load_finetune, load_pretrain, summary
 from .device import seed_everything
 from .evaluate import PROMPTS, evaluate_model, format_evaluation, retrieval
@@ -179,6 +179,8 @@ def finetune_cmd(args: argparse.Namespace) -> None:
         preset.model.encoder = _same_encoder(args, kind, args.checkpoint_in)
     if args.imagenet_weights:
         encoder = imagenet_encoder_state(preset.model, resolve(args.imagenet_weights))
+    if args.head_init:
+        preset.finetune.head_init = args.head_init
     data = load_finetune(args.dataset, args.data_root, preset, args.seed, **_reader_options(args))
     rows = [finetune(data, preset, encoder, f, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      device=args.device, seed=args.seed, num_workers=args.num_workers,
@@ -289,6 +291,9 @@ def _finetune_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="default: the preset's for the fraction")
+    p.add_argument("--head-init", choices=HEAD_INITS, default=None,
+                   help="probe: LP-FT, the head starts as the linear probe of the frozen E_v; zero: MAE's near-zero "
+                        "head (the paper's protocol). Default: the preset's (tiny: probe, paper: zero)")
     p.add_argument("--checkpoint-in", default="", help="pre-trained checkpoint; empty = random init")
     p.add_argument("--imagenet-weights", default="",
                    help="E_v from a local timm ViT checkpoint (.safetensors), e.g. ImageNet ViT-B/16 for the "

@@ -262,7 +262,13 @@ def encoder_features(encoder_state: dict | None, images, preset: Preset, seed: i
     ``encoder_state`` None: a random-init E_v, a function of ``seed``."""
     seed_everything(seed)  # the random-init encoder depends on the seed
     dev = resolve_device(device)
-    net = build_classifier(preset.model, 1, encoder_state).to(dev).eval()
+    return classifier_features(build_classifier(preset.model, 1, encoder_state).to(dev), images, preset, dev,
+                               batch_size)
+
+
+def classifier_features(net: nn.Module, images, preset: Preset, dev: torch.device, batch_size: int = 256) -> np.ndarray:
+    """The pooled features a `models.build_classifier` network's head reads, for every image (eval transform)."""
+    net.eval()
     embed = lambda b, i: (net.forward_head(net.forward_features(b["image"]), pre_logits=True),)  # noqa: E731
     return embed_batches(image_loader(images, preset, batch_size), embed, dev,
                          "each featurised as another image of the set")[0].numpy()
@@ -345,42 +351,64 @@ def format_evaluation(results: dict[str, dict]) -> str:
 
 def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, task: str, metric: str,
                  cs=(0.01, 0.1, 1.0, 10.0)) -> dict:
-    """Logistic regression per class on standardised features; C picked on validation.
+    """Logistic regression per class on standardised features; C picked on validation (`fit_probe`)."""
+    fit = fit_probe(train_x, train_y, val_x, val_y, task, metric, cs)
+    test = score(metric, test_y, fit["predict"](np.asarray(test_x, dtype=np.float64)))
+    return {"val": fit["val"], "test": float(test), "C": fit["C"]}
+
+
+def fit_probe(train_x, train_y, val_x, val_y, task: str, metric: str, cs=(0.01, 0.1, 1.0, 10.0)) -> dict:
+    """The linear probe's fit: {"val", "C", "predict" (raw features -> scores), "weight" (K, D), "bias" (K,)},
+    where weight and bias act on the raw features (the standardisation folded in), so that
+    ``sigmoid`` (multilabel) or ``softmax`` (multiclass) of ``x @ weight.T + bias`` is ``predict(x)``.
 
     Solved with Newton-Cholesky (exact Hessian; a few iterations for a few hundred features) on float64
     features: the Hessian of collinear float32 features is too ill-conditioned for a float32 Cholesky.
+    A class with one label value in the training fraction gets a constant score (zero weights); a class
+    missing from a multiclass fraction gets probability 0 (a bias of -30).
     """
-    train_x, val_x, test_x = (np.asarray(x, dtype=np.float64) for x in (train_x, val_x, test_x))  # Cholesky needs it
+    train_x, val_x = (np.asarray(x, dtype=np.float64) for x in (train_x, val_x))  # Cholesky needs it
     scaler = StandardScaler().fit(train_x)
-    tx, vx, sx = scaler.transform(train_x), scaler.transform(val_x), scaler.transform(test_x)
+    tx = scaler.transform(train_x)
+    n_classes = train_y.shape[1]
 
-    def fit_predict(c):
+    def fit(c):  # (coef (K, D), intercept (K,)) on standardised features
+        coef, bias = np.zeros((n_classes, tx.shape[1])), np.zeros(n_classes)
         if task == "multiclass":
             clf = LogisticRegression(C=c, solver="newton-cholesky", max_iter=200).fit(tx, train_y.argmax(1))
-            if len(clf.classes_) < train_y.shape[1]:  # a class missing from a tiny label fraction
-                return lambda x: _fill_proba(clf, x, train_y.shape[1])
-            return clf.predict_proba
-        cols = []
-        for k in range(train_y.shape[1]):
+            bias[:] = -30.0
+            if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: logit of class 1 vs class 0
+                coef[clf.classes_[1]], bias[clf.classes_] = clf.coef_[0], (0.0, clf.intercept_[0])
+            else:
+                coef[clf.classes_], bias[clf.classes_] = clf.coef_, clf.intercept_
+            return coef, bias
+        for k in range(n_classes):
             y = train_y[:, k]
             if y.min() == y.max():  # one label value in the training fraction: a constant score
-                cols.append(lambda x, v=float(y[0]): np.full(len(x), v))
+                bias[k] = 30.0 if y[0] > 0.5 else -30.0
             else:
                 m = LogisticRegression(C=c, solver="newton-cholesky", max_iter=200).fit(tx, y)
-                cols.append(lambda x, m=m: m.predict_proba(x)[:, 1])
-        return lambda x: np.stack([f(x) for f in cols], axis=1)
+                coef[k], bias[k] = m.coef_[0], m.intercept_[0]
+        return coef, bias
+
+    def as_head(coef, bias):  # standardisation folded into the weights
+        weight = coef / scaler.scale_
+        return weight, bias - weight @ scaler.mean_
+
+    def predictor(weight, bias):
+        def predict(x):
+            logits = np.asarray(x, dtype=np.float64) @ weight.T + bias
+            if task == "multiclass":
+                e = np.exp(logits - logits.max(1, keepdims=True))
+                return e / e.sum(1, keepdims=True)
+            return 1.0 / (1.0 + np.exp(-logits))
+        return predict
 
     best = None
     for c in cs:
-        predict = fit_predict(c)
-        val = score(metric, val_y, predict(vx))
-        if best is None or val > best[0]:
-            best = (val, c, predict)
-    val, c, predict = best
-    return {"val": float(val), "test": float(score(metric, test_y, predict(sx))), "C": c}
-
-
-def _fill_proba(clf, x, n_classes):
-    proba = np.zeros((len(x), n_classes))
-    proba[:, clf.classes_] = clf.predict_proba(x)
-    return proba
+        weight, bias = as_head(*fit(c))
+        val = score(metric, val_y, predictor(weight, bias)(val_x))
+        if best is None or val > best["val"]:
+            best = {"val": float(val), "C": c, "weight": weight, "bias": bias}
+    best["predict"] = predictor(best["weight"], best["bias"])
+    return best

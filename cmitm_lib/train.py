@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from . import resume as resume_lib
-from .config import Preset, check_choice, check_positive, check_positive_int, check_ratio
+from .config import HEAD_INITS, Preset, check_choice, check_positive, check_positive_int, check_ratio
 from .data.datasets import FinetuneData, LabelDataset, PairCollate, PairData, PairDataset, collate_labels
 from .data.fractions import fraction_indices
 from .device import autocast, resolve_device, seed_everything, to_device
-from .evaluate import predict, score
+from .evaluate import classifier_features, fit_probe, predict, score
 from .models import CMITM, build_classifier, copy_decoder_embedding, set_trainable
 
 STAGES = ("stage1", "stage2", "joint", "mae")
@@ -284,6 +284,9 @@ def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = No
     idx = fraction_indices(len(data.train), fraction, seed, data.train.labels)
     train_loader, eval_loaders = _finetune_loaders(data, preset, idx, batch_size, num_workers, on_unreadable, seed)
     net = build_classifier(preset.model, len(data.classes), encoder_state).to(dev)
+    check_choice("head_init", cfg.head_init, HEAD_INITS)
+    if cfg.head_init == "probe":
+        probe_head(net, data, idx, preset, dev)
     opt = build_optimizer(net, cfg.optimizer, lr, cfg.weight_decay)
     total = epochs * len(train_loader)
     sched = warmup_cosine(opt, total, int(cfg.warmup * total))
@@ -324,6 +327,18 @@ def finetune(data: FinetuneData, preset: Preset, encoder_state: dict | None = No
     if keep_model:
         result["model"] = net.cpu().eval()
     return result
+
+
+def probe_head(net: nn.Module, data: FinetuneData, idx: np.ndarray, preset: Preset, dev: torch.device) -> dict:
+    """LP-FT's first step: set ``net``'s linear head to the logistic-regression probe of its frozen features on
+    the labelled images ``idx`` (C picked on the validation split; eval transform). Returns the probe's fit."""
+    train_x = classifier_features(net, _take(data.train.images, idx), preset, dev)
+    val_x = classifier_features(net, data.val.images, preset, dev)
+    fit = fit_probe(train_x, data.train.labels[idx], val_x, data.val.labels, data.task, data.metric)
+    with torch.no_grad():
+        net.head.weight.copy_(torch.as_tensor(fit["weight"], dtype=net.head.weight.dtype))
+        net.head.bias.copy_(torch.as_tensor(fit["bias"], dtype=net.head.bias.dtype))
+    return fit
 
 
 def _finetune_loaders(data: FinetuneData, preset: Preset, idx: np.ndarray, batch_size: int, num_workers: int,

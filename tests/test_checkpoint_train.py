@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
-from cmitm_lib.data.datasets import FinetuneData, LabelData
-from cmitm_lib.evaluate import macro_auc, recall_at_k
-from cmitm_lib.evaluate import embed_pairs
-from cmitm_lib.train import build_model, finetune, fraction_indices, pretrain, warmup_cosine
+from torch.utils.data import DataLoader
+
+from cmitm_lib.data.datasets import FinetuneData, LabelData, LabelDataset, collate_labels
+from cmitm_lib.evaluate import classifier_features, embed_pairs, macro_auc, predict, recall_at_k, score
+from cmitm_lib.models import build_classifier
+from cmitm_lib.train import build_model, finetune, fraction_indices, pretrain, probe_head, warmup_cosine
 
 
 def test_checkpoint_round_trip_is_exact_and_pickle_free(tmp_path, micro_preset, micro_tokenizer):
@@ -108,6 +110,32 @@ def test_finetune_selects_on_validation_and_reports_test(micro_preset, micro_pai
     assert r["n_train"] == 24 and r["init"] == "random" and 1 <= r["best_epoch"] <= 2
     assert r["val_auc"] == max(h["val_auc"] for h in r["history"])
     assert 0.0 <= r["test_auc"] <= 1.0
+
+
+def test_probe_head_starts_at_the_linear_probe(micro_preset, micro_pairs):
+    """LP-FT: after `probe_head` the classifier scores exactly what the logistic-regression probe of its own
+    frozen features scores, and a fine-tuning run with head_init="probe" starts from it."""
+    p = copy.deepcopy(micro_preset)
+    imgs = micro_pairs.images
+    means = imgs.reshape(len(imgs), -1).mean(1)
+    lab = (means > np.median(means)).astype(np.float32)
+    labels = np.stack([lab, 1 - lab], 1)
+    data = FinetuneData("toy", ["bright", "dark"], "multilabel", "auc",
+                        LabelData(imgs, labels), LabelData(imgs[:24], labels[:24]), LabelData(imgs[24:], labels[24:]))
+    net = build_classifier(p.model, 2)
+    idx = np.arange(0, 48, 2)
+    fit = probe_head(net, data, idx, p, torch.device("cpu"))
+    feats = classifier_features(net, data.val.images, p, torch.device("cpu"))
+    loader = DataLoader(LabelDataset(data.val, p.data, p.model, train=False), batch_size=16, collate_fn=collate_labels)
+    _, scores = predict(net, loader, torch.device("cpu"), "multilabel")
+    np.testing.assert_allclose(scores, fit["predict"](feats), atol=1e-5)
+    assert fit["val"] == pytest.approx(score("auc", data.val.labels, scores))
+    p.finetune.head_init = "probe"
+    r = finetune(data, p, None, fraction=0.5, epochs=1, batch_size=8, progress=False)
+    assert 0.0 <= r["test_auc"] <= 1.0
+    p.finetune.head_init = "linear"
+    with pytest.raises(ValueError, match="head_init"):
+        finetune(data, p, None, fraction=0.5, epochs=1, batch_size=8, progress=False)
 
 
 def test_pretrain_history_and_embeddings(micro_preset, micro_pairs, micro_tokenizer):
