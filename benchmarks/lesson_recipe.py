@@ -6,6 +6,7 @@
     python benchmarks/lesson_recipe.py probe --ckpt runs/recipe/s1               # random init and a checkpoint
     python benchmarks/lesson_recipe.py finetune random runs/recipe/s1 runs/recipe/s2 --min-images 1024
     python benchmarks/lesson_recipe.py ceiling                                  # no training: what the data allows
+    python benchmarks/lesson_recipe.py sides --ckpt runs/recipe/s2              # which side encodes the findings
 
 stage2: stage 2 from a checkpoint (``random``: a fresh model, i.e. CLIP-like with masked images) with
 overrides; prints L_c per epoch against 2 ln B, held-out image->report Recall@K before and after against
@@ -15,6 +16,8 @@ finetune: `train.finetune` at 1% of the labels from each init, with an epoch of 
 ceiling: held-out retrieval of oracle embeddings that know each study's drawn findings: how far the data lets
 image->report Recall@K go (chance, image-truth labels, the report's own labels, findings with side / lobe /
 severity), so that a model's R@5 can be read against it.
+sides: linear probes of a checkpoint's projected embeddings: z_t -> the report's stated labels, z_v -> the
+image's labels (held-out macro AUC), i.e. which encoder carries the findings into the joint space.
 Output and reading: benchmarks/README.md, "Lesson recipe".
 """
 from __future__ import annotations
@@ -30,10 +33,11 @@ from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
 from cmitm_lib.config import get_preset
 from cmitm_lib.data import load_finetune, load_pretrain
 from cmitm_lib.data.fractions import fraction_indices
-from cmitm_lib.data.synth import generate_case
+from cmitm_lib.data.datasets import PairData
+from cmitm_lib.data.synth import generate_case, generate_cases
 from cmitm_lib.lab.recipes import _supervised_link
 from cmitm_lib.paths import resolve
-from cmitm_lib.evaluate import encoder_features, linear_probe, recall_at_k, retrieval
+from cmitm_lib.evaluate import embed_pairs, encoder_features, linear_probe, recall_at_k, retrieval
 from cmitm_lib.text import train_tokenizer
 
 
@@ -152,6 +156,24 @@ def ceiling(a) -> None:
         print(f"{name:52s} " + "  ".join(f"{v:7.3f}" for v in row))
 
 
+def sides(a) -> None:
+    """Which side of a checkpoint's joint space encodes the findings: logistic probes of the projected
+    embeddings, z_t -> the labels its report states and z_v -> the image's drawn labels (macro AUC), fit on
+    the first --n-fit training pairs, C chosen on half of the held-out pairs, scored on the other half."""
+    model, tokenizer, preset = model_from(a.ckpt, a.seed)
+    d = preset.data
+    fit = generate_cases(a.n_fit, a.seed, d.synth_size, "pretrain", 0, d.synth_level)
+    held = generate_cases(d.n_heldout, a.seed, d.synth_size, "pretrain", d.n_pretrain, d.synth_level)
+    half = d.n_heldout // 2
+    z = {k: embed_pairs(model, tokenizer, PairData(b.images, b.reports, b.patient_ids), preset)
+         for k, b in (("fit", fit), ("held", held))}  # (z_img, z_txt) per split
+    for side, i, labels in (("z_t -> stated labels", 1, "report_labels"), ("z_v -> image labels", 0, "labels")):
+        y = {k: np.clip(getattr(b, labels), 0, None) for k, b in (("fit", fit), ("held", held))}  # hedged: not stated
+        zf, zh = z["fit"][i].numpy(), z["held"][i].numpy()
+        r = linear_probe(zf, y["fit"], zh[:half], y["held"][:half], zh[half:], y["held"][half:], "multilabel", "auc")
+        print(f"{a.ckpt}: {side}: macro AUC {r['test']:.3f} (C {r['C']:g})")
+
+
 def layer_decay_optimizer(decay: float):
     """AdamW with MAE's layer-wise lr decay (timm's param_groups_layer_decay), for `train.finetune`."""
     from timm.optim import param_groups_layer_decay
@@ -193,6 +215,10 @@ def main() -> None:
     p.add_argument("--mask", type=float, default=None, help="stage-2 image mask ratio")
     p.add_argument("--save", default="")
     p.set_defaults(func=stage2)
+    p = sub.add_parser("sides")
+    p.add_argument("--ckpt", required=True, help="a stage-1 or stage-2 checkpoint folder")
+    p.add_argument("--n-fit", type=int, default=1000, help="training pairs the probes are fit on")
+    p.set_defaults(func=sides)
     p = sub.add_parser("probe")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder, or 'supervised'")
     p.set_defaults(func=probe_cmd)
