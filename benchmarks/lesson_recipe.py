@@ -15,7 +15,8 @@ probe: frozen E_v features + logistic regression on the NIH-like task at 1% and 
 finetune: `train.finetune` at 1% of the labels from each init, with an epoch of at least --min-images images.
 ceiling: held-out retrieval of oracle embeddings that know each study's drawn findings: how far the data lets
 image->report Recall@K go (chance, image-truth labels, the report's own labels, findings with side / lobe /
-severity), so that a model's R@5 can be read against it.
+severity), so that a model's R@5 can be read against it; and how many of stage 2's in-batch negatives state
+the same findings as their positive (InfoNCE's false negatives).
 sides: linear probes of a checkpoint's projected embeddings: z_t -> the report's stated labels, z_v -> the
 image's labels (held-out macro AUC), i.e. which encoder carries the findings into the joint space.
 Output and reading: benchmarks/README.md, "Lesson recipe".
@@ -154,6 +155,25 @@ def ceiling(a) -> None:
         draws = [recall_at_k(sim + 1e-4 * torch.rand(n, n, generator=g), reports=reports) for _ in range(5)]
         row = [float(np.mean([r[k] for r in draws])) for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@5")]
         print(f"{name:52s} " + "  ".join(f"{v:7.3f}" for v in row))
+    false_negatives(a.seed, preset)
+
+
+def false_negatives(seed: int, preset, draws: int = 200) -> None:
+    """How many of InfoNCE's in-batch negatives in stage 2 state the very same findings as the positive
+    (normal studies, and abnormal ones naming the same set): candidates the loss must push away although
+    no report text could tell them apart. Stage-2 batches of the training pairs, drawn at random."""
+    d, b = preset.data, preset.stage2.batch_size
+    stated = generate_cases(d.n_pretrain, seed, d.synth_size, "pretrain", 0, d.synth_level).report_labels.clip(0)
+    rng = np.random.default_rng(seed)
+    same, any_same, normal_same = [], [], []
+    for _ in range(draws):
+        s = stated[rng.choice(len(stated), b, replace=False)]
+        eq = (s[:, None] == s[None]).all(-1) & ~np.eye(b, dtype=bool)
+        same.append(eq.sum(1).mean())
+        any_same.append(eq.any(1).mean())
+        normal_same.append(eq[s.sum(1) == 0].sum(1).mean())
+    print(f"stage-2 batches of {b}: a pair has {np.mean(same):.1f} negatives stating the same findings on average "
+          f"({np.mean(any_same):.0%} of pairs have at least one; a normal study has {np.mean(normal_same):.1f})")
 
 
 def sides(a) -> None:
