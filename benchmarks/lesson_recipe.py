@@ -3,6 +3,7 @@
     cmitm pretrain --stage 1 --checkpoint-out runs/recipe/s1                     # stage 1 at the preset's defaults
     python benchmarks/lesson_recipe.py stage2 --ckpt runs/recipe/s1 --epochs 12 --lr 1e-3 --save runs/recipe/s2
     python benchmarks/lesson_recipe.py stage2 --ckpt random --epochs 12 --lr 1e-3 --save runs/recipe/s2_scratch
+    python benchmarks/lesson_recipe.py stage2 --ckpt runs/lessons/stage1 --epochs 12 --lr 1e-3 --variant locked-text
     python benchmarks/lesson_recipe.py probe --ckpt runs/recipe/s1               # random init and a checkpoint
     python benchmarks/lesson_recipe.py finetune random runs/recipe/s1 runs/recipe/s2 --min-images 1024
     python benchmarks/lesson_recipe.py ceiling                                  # no training: what the data allows
@@ -28,7 +29,9 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from cmitm_lib import models
 from cmitm_lib import train as T
 from cmitm_lib.checkpoint import load_checkpoint, save_checkpoint
 from cmitm_lib.config import get_preset
@@ -98,8 +101,39 @@ def probe(state, preset, seed: int) -> dict:
     return out
 
 
+def lock_text_encoder() -> None:
+    """Stage 2 with E_t locked (LiT-style): only E_v, D_r and the projection heads train. Tried, not adopted."""
+    models.STAGE_MODULES["stage2"] = tuple(m for m in models.STAGE_MODULES["stage2"] if m != "text_encoder")
+
+
+def same_findings_positive(seed: int, preset) -> None:
+    """Stage 2's InfoNCE with the target spread evenly over every in-batch pair whose report states the same
+    findings as the positive (MedCLIP's semantic matching: no false negatives). Tried, not adopted."""
+    d = preset.data
+    stated = torch.tensor(generate_cases(d.n_pretrain, seed, d.synth_size, "pretrain", 0, d.synth_level)
+                          .report_labels).clamp(min=0)
+    forward, batch_index = models.CMITM.forward, {}
+
+    def remember_index(self, batch, *args, **kwargs):
+        batch_index["idx"] = batch["index"].cpu()
+        return forward(self, batch, *args, **kwargs)
+
+    def soft_info_nce(z_img, z_txt, temperature=0.07):
+        logits = F.normalize(z_img.float(), dim=-1) @ F.normalize(z_txt.float(), dim=-1).T / temperature
+        s = stated[batch_index["idx"]]
+        same = (s[:, None] == s[None]).all(-1).float().to(logits.device)
+        target = same / same.sum(1, keepdim=True)
+        return 0.5 * sum(-(target * lg.log_softmax(1)).sum(1).mean() for lg in (logits, logits.T))
+
+    models.CMITM.forward, models.info_nce = remember_index, soft_info_nce
+
+
 def stage2(a) -> None:
     model, tokenizer, preset = model_from(a.ckpt, a.seed)
+    if a.variant == "locked-text":
+        lock_text_encoder()
+    elif a.variant == "same-findings-positive":
+        same_findings_positive(a.seed, preset)
     if a.mask is not None:
         preset.stage2.mask_ratio = a.mask
     train, held = load_pretrain("synth", "", preset, a.seed)
@@ -234,6 +268,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--mask", type=float, default=None, help="stage-2 image mask ratio")
     p.add_argument("--save", default="")
+    p.add_argument("--variant", choices=("cmitm", "locked-text", "same-findings-positive"), default="cmitm",
+                   help="diagnostics tried and not adopted: E_t locked; same-findings pairs as positives")
     p.set_defaults(func=stage2)
     p = sub.add_parser("sides")
     p.add_argument("--ckpt", required=True, help="a stage-1 or stage-2 checkpoint folder")
