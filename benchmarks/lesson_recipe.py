@@ -12,6 +12,8 @@
 stage2: stage 2 from a checkpoint (``random``: a fresh model, i.e. CLIP-like with masked images) with
 overrides; prints L_c per epoch against 2 ln B, held-out image->report Recall@K before and after against
 the chance of a random ranking, then the linear probe of the resulting E_v.
+``--variant locked-text | same-findings-positive``: the two stage-2 diagnostics that were tried and not adopted
+(E_t locked; same-findings pairs as positives), patched in here so that the library stays as the paper has it.
 probe: frozen E_v features + logistic regression on the NIH-like task at 1% and 10% of the labels.
 finetune: `train.finetune` at 1% of the labels from each init, with an epoch of at least --min-images images.
 ceiling: held-out retrieval of oracle embeddings that know each study's drawn findings: how far the data lets
