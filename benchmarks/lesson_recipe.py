@@ -103,6 +103,12 @@ def probe(state, preset, seed: int) -> dict:
     return out
 
 
+def stated_findings(seed: int, preset) -> np.ndarray:
+    """(n_pretrain, 7) 0/1: the findings each training pair's report states (hedged ones count as not stated)."""
+    d = preset.data
+    return generate_cases(d.n_pretrain, seed, d.synth_size, "pretrain", 0, d.synth_level).report_labels.clip(0)
+
+
 def lock_text_encoder() -> None:
     """Stage 2 with E_t locked (LiT-style): only E_v, D_r and the projection heads train. Tried, not adopted."""
     models.STAGE_MODULES["stage2"] = tuple(m for m in models.STAGE_MODULES["stage2"] if m != "text_encoder")
@@ -111,9 +117,7 @@ def lock_text_encoder() -> None:
 def same_findings_positive(seed: int, preset) -> None:
     """Stage 2's InfoNCE with the target spread evenly over every in-batch pair whose report states the same
     findings as the positive (MedCLIP's semantic matching: no false negatives). Tried, not adopted."""
-    d = preset.data
-    stated = torch.tensor(generate_cases(d.n_pretrain, seed, d.synth_size, "pretrain", 0, d.synth_level)
-                          .report_labels).clamp(min=0)
+    stated = torch.tensor(stated_findings(seed, preset))
     forward, batch_index = models.CMITM.forward, {}
 
     def remember_index(self, batch, *args, **kwargs):
@@ -198,8 +202,8 @@ def false_negatives(seed: int, preset, draws: int = 200) -> None:
     """How many of InfoNCE's in-batch negatives in stage 2 state the very same findings as the positive
     (normal studies, and abnormal ones naming the same set): candidates the loss must push away although
     no report text could tell them apart. Stage-2 batches of the training pairs, drawn at random."""
-    d, b = preset.data, preset.stage2.batch_size
-    stated = generate_cases(d.n_pretrain, seed, d.synth_size, "pretrain", 0, d.synth_level).report_labels.clip(0)
+    b = preset.stage2.batch_size
+    stated = stated_findings(seed, preset)
     rng = np.random.default_rng(seed)
     same, any_same, normal_same = [], [], []
     for _ in range(draws):
