@@ -8,18 +8,24 @@
     python benchmarks/lesson_recipe.py finetune random runs/recipe/s1 runs/recipe/s2 --min-images 1024
     python benchmarks/lesson_recipe.py ceiling                                  # no training: what the data allows
     python benchmarks/lesson_recipe.py sides --ckpt runs/recipe/s2              # which side encodes the findings
+    python benchmarks/lesson_recipe.py stage2 --ckpt random --epochs 12 --lr 1e-3 --variant stated-labels
+    python benchmarks/lesson_recipe.py tokens random runs/lessons/stage1 runs/lessons/stage2   # token collapse
 
 stage2: stage 2 from a checkpoint (``random``: a fresh model, i.e. CLIP-like with masked images) with
 overrides; prints L_c per epoch against 2 ln B, held-out image->report Recall@K before and after against
 the chance of a random ranking, then the linear probe of the resulting E_v.
 ``--variant locked-text | same-findings-positive``: the two stage-2 diagnostics that were tried and not adopted
-(E_t locked; same-findings pairs as positives), patched in here so that the library stays as the paper has it.
+(E_t locked; same-findings pairs as positives), patched in here so that the library stays as the paper has it;
+``--variant stated-labels``: L_c replaced by BCE of a linear head on z_v against the findings each report states
+(a perfect text side), i.e. what stage 2's image path can learn at all; ``--no-rep-decoder``: z_v without D_r;
+``--stem hmlp`` (with ``--ckpt random``): a patch-local convolutional patch embedding instead of the linear one.
 probe: frozen E_v features + logistic regression on the NIH-like task at 1% and 10% of the labels.
 finetune: `train.finetune` at 1% of the labels from each init, with an epoch of at least --min-images images.
 ceiling: held-out retrieval of oracle embeddings that know each study's drawn findings: how far the data lets
 image->report Recall@K go (chance, image-truth labels, the report's own labels, findings with side / lobe /
 severity), so that a model's R@5 can be read against it; and how many of stage 2's in-batch negatives state
 the same findings as their positive (InfoNCE's false negatives).
+tokens: mean cosine between E_v's output tokens of one image (token collapse), unmasked and 75% masked.
 sides: linear probes of a checkpoint's projected embeddings: z_t -> the report's stated labels, z_v -> the
 image's labels (held-out macro AUC), i.e. which encoder carries the findings into the joint space.
 Output and reading: benchmarks/README.md, "Lesson recipe".
@@ -43,7 +49,7 @@ from cmitm_lib.data.datasets import PairData
 from cmitm_lib.data.synth import generate_case, generate_cases
 from cmitm_lib.lab.recipes import _supervised_link
 from cmitm_lib.paths import resolve
-from cmitm_lib.evaluate import embed_pairs, encoder_features, linear_probe, recall_at_k, retrieval
+from cmitm_lib.evaluate import embed_pairs, encoder_features, image_loader, linear_probe, recall_at_k, retrieval
 from cmitm_lib.text import train_tokenizer
 
 
@@ -134,7 +140,46 @@ def same_findings_positive(seed: int, preset) -> None:
     models.CMITM.forward, models.info_nce = remember_index, soft_info_nce
 
 
+def supervise_image_path(seed: int, preset, model) -> None:
+    """Stage 2 with L_c replaced by BCE of a linear head on z_v (stage 2's masked image path: E_v on the visible
+    patches, D_r, pooling, h_v) against the findings each training report states: what a perfect E_t could hand
+    to the image side. Measures whether the image path, not the contrastive coupling, caps stage 2."""
+    stated = torch.tensor(stated_findings(seed, preset)).float()
+    model.text_proj = torch.nn.Linear(preset.model.proj_dim, stated.shape[1])  # the head; E_t is not used
+
+    def forward(self, batch, stage, mask_ratio, temperature=0.07, generator=None):
+        latent, _, ids_restore = self.encode_image(batch["image"], mask_ratio, generator)
+        logits = self.text_proj(self.image_embedding(latent, ids_restore)).float()
+        loss = F.binary_cross_entropy_with_logits(logits, stated[batch["index"].cpu()].to(logits.device))
+        return {"loss_c": loss, "loss": loss}
+
+    models.CMITM.forward = forward
+
+
+def use_hmlp_stem() -> None:
+    """Every ViT built from here on embeds its patches with a patch-local convolutional stem (hMLP, Touvron et
+    al., ECCV 2022): three 2x2 stride-2 convolutions with channel LayerNorm, so no receptive field crosses an
+    8-px patch and MAE's masking stays exact. Replaces the linear patch embedding; patch_size 8 only."""
+    from timm.layers import LayerNorm2d
+    build = models.build_vit
+
+    def build_vit(cfg, num_classes=0):
+        vit = build(cfg, num_classes)
+        if cfg.patch_size != 8:
+            raise ValueError(f"the hMLP stem here is for 8-px patches, not {cfg.patch_size}")
+        w, d = cfg.embed_dim // 4, cfg.embed_dim
+        vit.patch_embed.proj = torch.nn.Sequential(
+            torch.nn.Conv2d(cfg.in_chans, w, 2, 2), LayerNorm2d(w), torch.nn.GELU(),
+            torch.nn.Conv2d(w, w, 2, 2), LayerNorm2d(w), torch.nn.GELU(), torch.nn.Conv2d(w, d, 2, 2))
+        return vit
+    models.build_vit = build_vit
+
+
 def stage2(a) -> None:
+    if a.stem == "hmlp":
+        if a.ckpt != "random":
+            raise SystemExit("--stem hmlp builds a new model: use it with --ckpt random")
+        use_hmlp_stem()
     model, tokenizer, preset = model_from(a.ckpt, a.seed)
     if a.variant == "locked-text":
         lock_text_encoder()
@@ -142,15 +187,21 @@ def stage2(a) -> None:
         same_findings_positive(a.seed, preset)
     if a.mask is not None:
         preset.stage2.mask_ratio = a.mask
+    if a.no_rep_decoder:  # the paper's "- representation decoder" ablation: z_v = h_v(pool(E_v's visible tokens))
+        model.cfg.use_rep_decoder = preset.model.use_rep_decoder = False
+        m = preset.model
+        model.image_proj = models.ProjectionHead(m.embed_dim, m.proj_hidden, m.proj_dim)
     train, held = load_pretrain("synth", "", preset, a.seed)
     print(f"held-out pairs {len(held)}, chance i2t R@5 {chance_r5(held.reports):.4f}", flush=True)
     before = retrieval(model, tokenizer, held, preset)
+    if a.variant == "stated-labels":
+        supervise_image_path(a.seed, preset, model)
     t0 = time.perf_counter()
     history = T.pretrain(model, tokenizer, train, preset, "stage2", epochs=a.epochs, lr=a.lr, seed=a.seed,
                          progress=False)
     print(f"L_c per epoch {[round(h['loss_c'], 3) for h in history]} (2 ln B = "
           f"{2 * np.log(preset.stage2.batch_size):.2f}), {time.perf_counter() - t0:.0f} s")
-    after = retrieval(model, tokenizer, held, preset)
+    after = before if a.variant == "stated-labels" else retrieval(model, tokenizer, held, preset)
     for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@5"):
         print(f"  {k}: before {before[k]:.3f}  after {after[k]:.3f}")
     if a.save:
@@ -234,6 +285,24 @@ def sides(a) -> None:
         print(f"{a.ckpt}: {side}: macro AUC {r['test']:.3f} (C {r['C']:g})")
 
 
+def tokens(a) -> None:
+    """Token collapse: the mean cosine between E_v's output tokens within one image, and between the pooled
+    vectors of different images, on 128 validation images of the NIH-like task, unmasked and 75% masked."""
+    preset = get_preset("tiny")
+    images = load_finetune("synth", "", preset, a.seed).val.images
+    batch = next(iter(image_loader(images, preset, 128)))
+    batch = batch["image"] if isinstance(batch, dict) else batch[0]
+    for ckpt in a.ckpts:
+        torch.manual_seed(a.seed)
+        enc = (models.build_encoder(preset.model) if ckpt == "random" else load_checkpoint(ckpt)[0].image_encoder).eval()
+        for mask in (0.0, 0.75):
+            with torch.no_grad():
+                x = models.encode_visible(enc, batch, mask, torch.Generator().manual_seed(a.seed))[0][:, 1:]
+            t, pooled = F.normalize(x, dim=-1), F.normalize(x.mean(1), dim=-1)
+            print(f"{ckpt} mask {mask}: token cosine within an image {float((t @ t.transpose(1, 2)).mean()):.3f}, "
+                  f"pooled cosine across images {float((pooled @ pooled.T).mean()):.3f}")
+
+
 def layer_decay_optimizer(decay: float):
     """AdamW with MAE's layer-wise lr decay (timm's param_groups_layer_decay), for `train.finetune`."""
     from timm.optim import param_groups_layer_decay
@@ -274,13 +343,20 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--mask", type=float, default=None, help="stage-2 image mask ratio")
     p.add_argument("--save", default="")
-    p.add_argument("--variant", choices=("cmitm", "locked-text", "same-findings-positive"), default="cmitm",
-                   help="diagnostics tried and not adopted: E_t locked; same-findings pairs as positives")
+    p.add_argument("--no-rep-decoder", action="store_true", help="z_v from E_v's visible tokens, without D_r")
+    p.add_argument("--stem", choices=("linear", "hmlp"), default="linear",
+                   help="patch embedding of a new model (--ckpt random): the paper's linear one or a patch-local conv stem")
+    p.add_argument("--variant", choices=("cmitm", "locked-text", "same-findings-positive", "stated-labels"), default="cmitm",
+                   help="diagnostics tried and not adopted: E_t locked; same-findings pairs as positives; "
+                        "stated-labels: BCE on z_v against the findings each report states (a perfect text side)")
     p.set_defaults(func=stage2)
     p = sub.add_parser("sides")
     p.add_argument("--ckpt", required=True, help="a stage-1 or stage-2 checkpoint folder")
     p.add_argument("--n-fit", type=int, default=1000, help="training pairs the probes are fit on")
     p.set_defaults(func=sides)
+    p = sub.add_parser("tokens")
+    p.add_argument("ckpts", nargs="+", help="'random' and/or checkpoint folders")
+    p.set_defaults(func=tokens)
     p = sub.add_parser("probe")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder, or 'supervised'")
     p.set_defaults(func=probe_cmd)
