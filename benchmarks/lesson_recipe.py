@@ -176,6 +176,9 @@ def use_hmlp_stem() -> None:
 
 
 def stage2(a) -> None:
+    if a.variant == "stated-labels" and a.save:
+        raise SystemExit("--variant stated-labels replaces h_t by a label head: its model is not a CMITM checkpoint; "
+                         "drop --save")
     if a.stem == "hmlp":
         if a.ckpt != "random":
             raise SystemExit("--stem hmlp builds a new model: use it with --ckpt random")
