@@ -293,8 +293,7 @@ def tokens(a) -> None:
     vectors of different images, on 128 validation images of the NIH-like task, unmasked and 75% masked."""
     preset = get_preset("tiny")
     images = load_finetune("synth", "", preset, a.seed).val.images
-    batch = next(iter(image_loader(images, preset, 128)))
-    batch = batch["image"] if isinstance(batch, dict) else batch[0]
+    batch = next(iter(image_loader(images, preset, 128)))[0]  # (images, labels, unreadable paths)
     for ckpt in a.ckpts:
         torch.manual_seed(a.seed)
         enc = (models.build_encoder(preset.model) if ckpt == "random" else load_checkpoint(ckpt)[0].image_encoder).eval()
