@@ -107,7 +107,7 @@ def test_conv_scale_is_full_with_the_conv_encoder_and_a_longer_stage2_at_mask_ra
     assert conv.model.encoder == "cnn" and full.model.encoder == "vit"
     assert conv.data == full.data and conv.stage1 == full.stage1 and conv.finetune == full.finetune
     assert (conv.stage2.epochs, conv.stage2.lr, conv.stage2.mask_ratio) == (24, 3e-4, 0.25)
-    assert full.stage2.mask_ratio == 0.75
+    assert full.stage2.mask_ratio == 0.5
     # the CMITM link is the preset's own stage 2 (ratio 0.25); the paper's ratio is spelled out
     keys = {m: chain_keys(r, conv) for m, (_, r) in RECIPES.items()}
     assert keys["cmitm"] == keys["cmitm_m0.25"] == ["stage1", "stage1__stage2"]

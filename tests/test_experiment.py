@@ -35,7 +35,8 @@ def test_recipes_share_their_stage1_link():
     assert keys["cmitm_m0.75"] != keys["cmitm"]  # without a preset the ratio is spelled out
     tiny = scaled_preset("quick")
     keys = {m: chain_keys(r, tiny) for m, (_, r) in RECIPES.items()}
-    assert keys["cmitm_m0.75"] == keys["cmitm"] == ["stage1", "stage1__stage2"]  # same training, one folder
+    assert keys["cmitm_m0.5"] == keys["cmitm"] == ["stage1", "stage1__stage2"]  # same training, one folder
+    assert keys["cmitm_m0.75"] == ["stage1", "stage1__stage2-m0.75"]  # the paper's ratio is spelled out
     assert keys["no_mask"] == keys["cmitm_m0"] == ["stage1", "stage1__stage2-m0.0"]
     assert keys["no_rep"][-1] == "stage1__stage2-rFalse" and keys["ccl"] == ["stage2"]
     for name, (methods, tasks, fractions) in EXPERIMENTS.items():
@@ -101,7 +102,7 @@ def test_smoke_grid_trains_once_and_resumes(base, tmp_path, monkeypatch):
     assert "### table2" in docs.read_text() and (tmp_path / "docs" / "results_table2.png").is_file()
     assert f"the runs in `{tmp_path / 'smoke'}/` wrote" in docs.read_text()  # the folder it read, not a guess
     assert f"Benchmark version {benchmark_version()}" in docs.read_text()  # what made the numbers
-    assert "image mask ratio 0.75)" in docs.read_text()  # stage 2's mask ratio, which scales may change
+    assert "image mask ratio 0.5)" in docs.read_text()  # stage 2's mask ratio, which scales may change
     assert all(p for p in paths.values())
 
 

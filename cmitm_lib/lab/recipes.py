@@ -122,7 +122,7 @@ def _is_default(stage: str, key: str, value, preset: Preset | None) -> bool:
 def chain_keys(chain: tuple, preset: Preset | None = None) -> list[str]:
     """Folder names of the links of a recipe's chain, e.g. ["stage1", "stage1__stage2-m0"]. With
     ``preset``, options equal to the preset's own values are left out, so the same training shares one
-    folder (Fig. 3's ratio 0.75 is the CMITM link)."""
+    folder (Fig. 3's ratio equal to the preset's stage-2 ratio is the CMITM link)."""
     keys, prefix = [], ""
     for stage, opts in chain:
         tag = stage + "".join(f"-{k[0]}{v}" for k, v in sorted(opts.items()) if not _is_default(stage, k, v, preset))
