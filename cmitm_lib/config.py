@@ -144,13 +144,13 @@ def _tiny() -> Preset:
         data=DataConfig(hi_size=128, crop_scale=(0.6, 1.0), hflip=0.0,
                         n_pretrain=4000, n_heldout=500, n_finetune=(5000, 500, 1000), synth_size=128),
         # Stage 1 at 3e-4 (paper 1.5e-4): at 1e-3 stage 1 hands stage 2 an E_v that even a perfect text side
-        # lifts 5-7 probe points less (docs/RESULTS.md, "Why CMITM does not beat random init").
+        # lifts 5-7 probe points less (docs/RESULTS.md, "What held stage 2 back at 64 px").
         stage1=StageConfig(epochs=6, batch_size=64, lr=3e-4, warmup=0.1),
         # The paper's 2e-5 barely moves a tiny model in minutes; 12 epochs at 1e-3 take L_c below its uniform
         # level 2 ln B (benchmarks/README.md, "Lesson recipe"). Image mask ratio 0.5, not the paper's 0.75: at
         # 64 px the 16 patches left visible rarely show a finding, and even the findings each report states,
         # taught directly through stage 2's image path, train no better than the prevalences at 0.75
-        # (docs/RESULTS.md, "Why CMITM does not beat random init"). The paper preset keeps 0.75.
+        # (docs/RESULTS.md, "What held stage 2 back at 64 px"). The paper preset keeps 0.75.
         stage2=StageConfig(epochs=12, batch_size=64, lr=1e-3, warmup=0.1, mask_ratio=0.5),
         # At 1% (50 labels) an epoch of 512 images gives 160 steps in 20 epochs; 80 steps left random init
         # far from what it reaches. LP-FT: from MAE's near-zero head the first steps distort a good E_v (an

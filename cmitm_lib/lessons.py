@@ -92,8 +92,8 @@ def closing_line(rows: list[dict]) -> str:
     stage1 = next(v for k, v in test.items() if k.startswith("stage 1"))
     diff = f"{cmitm - random_init:+.3f} test {metric.upper()}"
     line = f"CMITM init beats random init by {diff}" if cmitm > random_init else \
-        (f"CMITM init does not beat random init ({diff}): at this budget stage 2 gives E_v less than 1% of the "
-         f"labels teach a random ViT (measured in docs/RESULTS.md, 'Why CMITM does not beat random init')")
+        (f"CMITM init does not beat random init ({diff}) on this seed: at 64 px stage 2's masked image path "
+         f"learns little of what the reports state (measured in docs/RESULTS.md, 'What held stage 2 back at 64 px')")
     if cmitm > stage1:
         return line + f" and stage 1 only by {cmitm - stage1:+.3f}."
     return line + (f"; stage 1 only scores {stage1 - cmitm:+.3f} above CMITM on this seed, i.e. stage 2's alignment "
